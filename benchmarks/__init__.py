@@ -1,0 +1,1 @@
+"""Reproducible measurements, each printing JSON."""

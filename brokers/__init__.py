@@ -1,0 +1,1 @@
+"""Broker adapters (aiokafka, aiomqtt) and local broker launchers (Tansu, Mosquitto)."""

@@ -1,0 +1,1 @@
+"""One module per `fedmoe` subcommand, each with `main(argv) -> int`."""

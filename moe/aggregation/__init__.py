@@ -1,0 +1,1 @@
+"""Per-part aggregation of client updates: streaming FedAvg and robust rules."""

@@ -1,0 +1,1 @@
+"""Client–expert matching: fitness scoring, feasibility, assignment solvers, baselines."""

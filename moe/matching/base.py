@@ -1,0 +1,80 @@
+"""The matching strategy interface and the per-round input every strategy sees."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class MatchingInput:
+    """What the matcher knows when a round opens. Rows are online clients, columns experts.
+
+    Attributes:
+        round: the round being opened.
+        capacity: k_c, how many experts client c can hold and train (from its memory budget).
+        deadline_capacity: how many experts c can train *and* upload before the round deadline,
+            from its profiled compute and bandwidth (may be < capacity, or 0).
+        affinity: A(c, e), fraction of c's samples the current global gate routes to e.
+        quality: Q(c, e), EMA of measured fitness from past rounds; NaN where never measured.
+        capability: S(c) in [0, 1], normalised compute, bandwidth, battery, reliability.
+        expert_clients: clients assigned to each expert recently (load monitor, EWMA).
+        expert_samples: samples routed to each expert so far (load monitor).
+        rounds_since_update: rounds since each expert last received an applied update.
+        lower: L_e, minimum clients per expert this round (may be 0).
+        upper: U_e, maximum clients per expert this round.
+    """
+
+    round: int
+    capacity: IntArray
+    deadline_capacity: IntArray
+    affinity: FloatArray
+    quality: FloatArray
+    capability: FloatArray
+    expert_clients: FloatArray
+    expert_samples: FloatArray
+    rounds_since_update: IntArray
+    lower: IntArray
+    upper: IntArray
+
+    @property
+    def num_clients(self) -> int:
+        """C, the number of clients in this round."""
+        return int(self.capacity.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        """E, the number of experts."""
+        return int(self.affinity.shape[1])
+
+
+class MatchingStrategy(ABC):
+    """Decides which client trains which experts in one round.
+
+    Implementations are pure: same input and same `rng` state give the same assignment.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def assign(self, problem: MatchingInput, rng: np.random.Generator) -> BoolArray:
+        """Return x with shape (C, E): x[c, e] is True when client c trains expert e.
+
+        Args:
+            problem: the round's matching input.
+            rng: the only source of randomness a strategy may use.
+
+        Returns:
+            A boolean matrix respecting each client's capacity and each expert's upper bound.
+
+        Raises:
+            moe.errors.InfeasibleAssignmentError: when the constraints admit no assignment.
+        """

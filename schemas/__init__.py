@@ -1,0 +1,1 @@
+"""Wire contracts: envelope, message types, tensor codec, topic table and limits (pure)."""

@@ -1,0 +1,1 @@
+"""The one consume→handle→produce runtime and one package per service."""
