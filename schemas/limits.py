@@ -1,0 +1,15 @@
+"""Size and shape limits of the wire format, checked before and during decoding."""
+
+from __future__ import annotations
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # whole encoded message; checked before any decoding
+MAX_DEAD_LETTER_ORIGINAL = 64 * 1024  # bytes of a rejected input kept in its DeadLetter
+MAX_ID_CHARS = 128
+MAX_REASON_CHARS = 256
+MAX_EXPERTS = 1024
+MAX_PARTS = MAX_EXPERTS + 1
+MAX_TENSORS_PER_PART = 32
+MAX_TENSOR_RANK = 4
+MAX_TENSOR_ELEMENTS = 2**24
+MAX_DEPTH = 8  # nesting of maps/arrays inside one message
+MAX_CONTAINER_LEN = 4096  # entries of any one map or array

@@ -1,0 +1,440 @@
+"""Frozen, validated message types. Every message carries the envelope fields.
+
+The codec (`schemas.codec`) turns these into the msgpack envelope
+`{"v": [major, minor], "type": TYPE, "id", "device", "round", "ts", "body": {...}}` and back;
+`__post_init__` validation runs on both sides, so a decoded message is a valid message.
+Tensors are `numpy.ndarray` values (wire: the tensor ExtType of `schemas.tensor`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from schemas.errors import InvalidFieldError
+from schemas.limits import (
+    MAX_EXPERTS,
+    MAX_ID_CHARS,
+    MAX_PARTS,
+    MAX_REASON_CHARS,
+    MAX_TENSORS_PER_PART,
+)
+from schemas.topics import valid_segment
+
+UPDATE_STATUSES = frozenset({"applied", "duplicate", "late", "rejected"})
+
+
+def _check(cond: bool, cls: str, what: str) -> None:
+    if not cond:
+        raise InvalidFieldError(f"{cls}: {what}")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def valid_part_id(part: str, num_experts: int = MAX_EXPERTS) -> bool:
+    """`shared` or `expert-<i>` with 0 <= i < num_experts."""
+    if part == "shared":
+        return True
+    if not part.startswith("expert-"):
+        return False
+    idx = part[len("expert-") :]
+    return idx.isdigit() and str(int(idx)) == idx and int(idx) < num_experts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """Envelope fields shared by every message."""
+
+    TYPE: ClassVar[str] = ""
+
+    message_id: str
+    device_id: str
+    round: int
+    timestamp: float
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check(
+            isinstance(self.message_id, str)
+            and 0 < len(self.message_id) <= MAX_ID_CHARS
+            and self.message_id.isascii()
+            and self.message_id.isprintable(),
+            name,
+            "message_id must be 1..128 printable ASCII characters",
+        )
+        _check(
+            isinstance(self.device_id, str) and valid_segment(self.device_id),
+            name,
+            "device_id must match [A-Za-z0-9_.-]{1,64}",
+        )
+        _check(_is_int(self.round) and 0 <= self.round < 2**31, name, "round must be 0..2^31")
+        _check(_finite(self.timestamp) and self.timestamp >= 0, name, "timestamp must be >= 0")
+        self._validate_body()
+
+    def _validate_body(self) -> None:
+        """Per-type checks; subclasses override."""
+
+
+def _check_tensors(name: str, tensors: Mapping[str, np.ndarray], *, finite: bool) -> None:
+    _check(isinstance(tensors, Mapping), name, "tensors must be a map")
+    _check(0 < len(tensors) <= MAX_TENSORS_PER_PART, name, "1..32 tensors per part")
+    for key, arr in tensors.items():
+        _check(isinstance(key, str) and 0 < len(key) <= MAX_ID_CHARS, name, "bad tensor name")
+        _check(isinstance(arr, np.ndarray), name, f"tensor {key!r} is not an array")
+        if finite and arr.dtype.kind == "f":
+            _check(bool(np.isfinite(arr).all()), name, f"tensor {key!r} has non-finite values")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Telemetry(Message):
+    """A device's measured capabilities and the routing histogram of its data."""
+
+    TYPE: ClassVar[str] = "telemetry"
+
+    device_type: int
+    compute_ms_per_sample: float
+    bandwidth_kbps: float
+    memory_mb: float
+    battery: float
+    num_samples: int
+    routing_histogram: tuple[float, ...]
+    gate_version: int = 0
+    # Per trained expert part ("expert-3"): mean local loss of the samples routed to it.
+    expert_loss: Mapping[str, float] = field(default_factory=dict)
+
+    def _validate_body(self) -> None:
+        n = "Telemetry"
+        _check(_is_int(self.device_type) and 0 <= self.device_type < 256, n, "device_type")
+        for attr in ("compute_ms_per_sample", "bandwidth_kbps", "memory_mb"):
+            v = getattr(self, attr)
+            _check(_finite(v) and v > 0, n, f"{attr} must be finite and > 0")
+        _check(_finite(self.battery) and 0 <= self.battery <= 1, n, "battery must be in [0, 1]")
+        _check(_is_int(self.num_samples) and self.num_samples >= 0, n, "num_samples >= 0")
+        h = self.routing_histogram
+        _check(isinstance(h, tuple) and len(h) <= MAX_EXPERTS, n, "routing_histogram length")
+        _check(all(_finite(x) and x >= 0 for x in h), n, "routing_histogram values >= 0")
+        _check(_is_int(self.gate_version) and self.gate_version >= 0, n, "gate_version >= 0")
+        _check(len(self.expert_loss) <= MAX_EXPERTS, n, "expert_loss too long")
+        for k, v in self.expert_loss.items():
+            _check(isinstance(k, str) and valid_part_id(k), n, f"expert_loss key {k!r}")
+            _check(_finite(v) and v >= 0, n, f"expert_loss[{k!r}] must be finite and >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceStatus(Message):
+    """Online/offline status; the offline form is also the device's MQTT last will."""
+
+    TYPE: ClassVar[str] = "status"
+
+    online: bool
+    reason: str = ""
+
+    def _validate_body(self) -> None:
+        _check(isinstance(self.online, bool), "DeviceStatus", "online must be a bool")
+        _check(len(self.reason) <= MAX_REASON_CHARS, "DeviceStatus", "reason too long")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment(Message):
+    """Which experts a device trains this round, from which part versions, by when."""
+
+    TYPE: ClassVar[str] = "assignment"
+
+    experts: tuple[int, ...]
+    deadline: float  # unix time by which the update must have reached the gateway
+    model_versions: Mapping[str, int]  # part id -> version the device must train from
+
+    def _validate_body(self) -> None:
+        n = "Assignment"
+        e = self.experts
+        _check(isinstance(e, tuple) and len(e) <= MAX_EXPERTS, n, "experts length")
+        _check(all(_is_int(x) and 0 <= x < MAX_EXPERTS for x in e), n, "expert index range")
+        _check(list(e) == sorted(set(e)), n, "experts must be sorted and unique")
+        _check(_finite(self.deadline) and self.deadline >= 0, n, "deadline")
+        _check(len(self.model_versions) <= MAX_PARTS, n, "model_versions too long")
+        for k, v in self.model_versions.items():
+            _check(isinstance(k, str) and valid_part_id(k), n, f"model_versions key {k!r}")
+            _check(_is_int(v) and v >= 0, n, f"model_versions[{k!r}] must be an int >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartPayload:
+    """One model part's trained weights from one device (not a message on its own).
+
+    `weight` is the aggregation weight: samples routed to the expert (experts) or the device's
+    sample count (shared). `loss` is the mean local loss of those samples.
+    """
+
+    part: str
+    base_version: int
+    weight: float
+    loss: float
+    tensors: Mapping[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        n = "PartPayload"
+        _check(isinstance(self.part, str) and valid_part_id(self.part), n, f"part {self.part!r}")
+        _check(_is_int(self.base_version) and self.base_version >= 0, n, "base_version >= 0")
+        _check(_finite(self.weight) and self.weight >= 0, n, "weight must be finite and >= 0")
+        _check(_finite(self.loss) and self.loss >= 0, n, "loss must be finite and >= 0")
+        _check_tensors(n, self.tensors, finite=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelUpdate(Message):
+    """A device's whole upload for a round (MQTT); the gateway splits it into PartUpdates."""
+
+    TYPE: ClassVar[str] = "update"
+
+    num_samples: int
+    train_seconds: float
+    parts: tuple[PartPayload, ...]
+
+    def _validate_body(self) -> None:
+        n = "ModelUpdate"
+        _check(_is_int(self.num_samples) and self.num_samples >= 0, n, "num_samples >= 0")
+        _check(_finite(self.train_seconds) and self.train_seconds >= 0, n, "train_seconds")
+        _check(isinstance(self.parts, tuple) and 0 < len(self.parts) <= MAX_PARTS, n, "parts")
+        _check(all(isinstance(p, PartPayload) for p in self.parts), n, "parts must be payloads")
+        names = [p.part for p in self.parts]
+        _check(len(names) == len(set(names)), n, "duplicate part in update")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartUpdate(Message):
+    """One part of a device's update, as the aggregator consumes it (Kafka key = part id).
+
+    `message_id` is `f"{update_id}/{part}"`, so re-splitting a redelivered update is idempotent.
+    """
+
+    TYPE: ClassVar[str] = "part-update"
+
+    update_id: str
+    parts_total: int
+    num_samples: int
+    payload: PartPayload
+
+    def _validate_body(self) -> None:
+        n = "PartUpdate"
+        _check(isinstance(self.payload, PartPayload), n, "payload must be a PartPayload")
+        _check(
+            isinstance(self.update_id, str) and 0 < len(self.update_id) <= MAX_ID_CHARS,
+            n,
+            "update_id length",
+        )
+        _check(_is_int(self.parts_total) and 0 < self.parts_total <= MAX_PARTS, n, "parts_total")
+        _check(_is_int(self.num_samples) and self.num_samples >= 0, n, "num_samples >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartVersion(Message):
+    """A new global version of one model part (Kafka `model`, key = part id; MQTT retained)."""
+
+    TYPE: ClassVar[str] = "part-version"
+
+    part: str
+    version: int
+    layout_version: int
+    tensors: Mapping[str, np.ndarray]
+    contributors: int = 0
+    samples: float = 0.0
+
+    def _validate_body(self) -> None:
+        n = "PartVersion"
+        _check(isinstance(self.part, str) and valid_part_id(self.part), n, f"part {self.part!r}")
+        _check(_is_int(self.version) and self.version >= 0, n, "version >= 0")
+        _check(_is_int(self.layout_version) and self.layout_version >= 0, n, "layout_version")
+        _check(_is_int(self.contributors) and self.contributors >= 0, n, "contributors >= 0")
+        _check(_finite(self.samples) and self.samples >= 0, n, "samples >= 0")
+        _check_tensors(n, self.tensors, finite=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateAck(Message):
+    """The aggregator's verdict on one part of one update (`device_id` = the update's device)."""
+
+    TYPE: ClassVar[str] = "ack"
+
+    update_id: str
+    part: str
+    status: str  # one of UPDATE_STATUSES
+    reason: str = ""
+
+    def _validate_body(self) -> None:
+        n = "UpdateAck"
+        _check(0 < len(self.update_id) <= MAX_ID_CHARS, n, "update_id length")
+        _check(valid_part_id(self.part), n, f"part {self.part!r}")
+        _check(self.status in UPDATE_STATUSES, n, f"status {self.status!r}")
+        _check(len(self.reason) <= MAX_REASON_CHARS, n, "reason too long")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpertLoad(Message):
+    """Global per-expert load (Kafka `expert-load`, compacted)."""
+
+    TYPE: ClassVar[str] = "expert-load"
+
+    assigned_clients: tuple[int, ...]
+    accepted_updates: tuple[int, ...]
+    samples_routed: tuple[float, ...]
+    rounds_since_update: tuple[int, ...]
+    cv: float
+    max_mean: float
+
+    def _validate_body(self) -> None:
+        n = "ExpertLoad"
+        cols = (
+            self.assigned_clients,
+            self.accepted_updates,
+            self.samples_routed,
+            self.rounds_since_update,
+        )
+        _check(len({len(c) for c in cols}) == 1, n, "per-expert columns differ in length")
+        _check(0 < len(self.assigned_clients) <= MAX_EXPERTS, n, "experts count")
+        _check(all(_finite(x) and x >= 0 for c in cols for x in c), n, "values must be >= 0")
+        _check(_finite(self.cv) and self.cv >= 0, n, "cv")
+        _check(_finite(self.max_mean) and self.max_mean >= 0, n, "max_mean")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileSnapshot(Message):
+    """A device's folded `ClientProfile` (Kafka `profiles`, compacted, key = device id)."""
+
+    TYPE: ClassVar[str] = "profile"
+
+    device_type: int
+    compute_ms_per_sample: float
+    bandwidth_kbps: float
+    memory_mb: float
+    capacity: int  # k_c
+    battery: float
+    online: bool
+    num_samples: int
+    completion_rate: float
+    rounds_assigned: int
+    rounds_completed: int
+    last_seen: float
+    routing_histogram: tuple[float, ...]
+    expert_quality: Mapping[str, float] = field(default_factory=dict)  # Q(c, e) by part id
+
+    def _validate_body(self) -> None:
+        n = "ProfileSnapshot"
+        for attr in ("compute_ms_per_sample", "bandwidth_kbps", "memory_mb"):
+            v = getattr(self, attr)
+            _check(_finite(v) and v > 0, n, f"{attr} must be finite and > 0")
+        _check(_is_int(self.capacity) and 0 <= self.capacity <= MAX_EXPERTS, n, "capacity")
+        _check(_finite(self.battery) and 0 <= self.battery <= 1, n, "battery in [0, 1]")
+        _check(_finite(self.completion_rate) and 0 <= self.completion_rate <= 1, n, "completion")
+        _check(len(self.routing_histogram) <= MAX_EXPERTS, n, "routing_histogram length")
+        for k, v in self.expert_quality.items():
+            _check(valid_part_id(k) and _finite(v), n, f"expert_quality[{k!r}]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundOpened(Message):
+    """The matcher opened a round (`device_id` = "matcher")."""
+
+    TYPE: ClassVar[str] = "round-opened"
+
+    deadline: float
+    strategy: str
+    devices: int
+    expected_parts: Mapping[str, int]  # part id -> devices assigned to it (quorum basis)
+    model_versions: Mapping[str, int]
+
+    def _validate_body(self) -> None:
+        n = "RoundOpened"
+        _check(_finite(self.deadline), n, "deadline")
+        _check(_is_int(self.devices) and self.devices >= 0, n, "devices >= 0")
+        _check(len(self.expected_parts) <= MAX_PARTS, n, "expected_parts too long")
+        for k, v in self.expected_parts.items():
+            _check(valid_part_id(k) and _is_int(v) and v >= 0, n, f"expected_parts[{k!r}]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartClosed(Message):
+    """The aggregator closed one part of a round and published `version` of it."""
+
+    TYPE: ClassVar[str] = "part-closed"
+
+    part: str
+    version: int
+    applied: int
+    reason: str  # "quorum" or "deadline"
+
+    def _validate_body(self) -> None:
+        n = "PartClosed"
+        _check(valid_part_id(self.part), n, f"part {self.part!r}")
+        _check(_is_int(self.version) and self.version >= 0, n, "version")
+        _check(_is_int(self.applied) and self.applied >= 0, n, "applied")
+        _check(self.reason in {"quorum", "deadline"}, n, f"reason {self.reason!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundClosed(Message):
+    """The matcher closed a round (every expected part closed, or the deadline passed)."""
+
+    TYPE: ClassVar[str] = "round-closed"
+
+    reason: str
+    parts_closed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalMetrics(Message):
+    """The evaluator's score of the current global model."""
+
+    TYPE: ClassVar[str] = "metrics"
+
+    accuracy: float
+    loss: float
+    model_versions: Mapping[str, int]
+
+    def _validate_body(self) -> None:
+        _check(_finite(self.accuracy) and 0 <= self.accuracy <= 1, "EvalMetrics", "accuracy")
+        _check(_finite(self.loss), "EvalMetrics", "loss")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter(Message):
+    """A rejected input: the original bytes (capped), where it came from, and why."""
+
+    TYPE: ClassVar[str] = "dead-letter"
+
+    source: str  # topic it was read from
+    reason: str
+    error: str  # the error class name, e.g. "OversizeError"
+    original: bytes
+    original_size: int
+
+    def _validate_body(self) -> None:
+        _check(isinstance(self.original, bytes), "DeadLetter", "original must be bytes")
+        _check(len(self.reason) <= 4 * MAX_REASON_CHARS, "DeadLetter", "reason too long")
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Telemetry,
+    DeviceStatus,
+    Assignment,
+    ModelUpdate,
+    PartUpdate,
+    PartVersion,
+    UpdateAck,
+    ExpertLoad,
+    ProfileSnapshot,
+    RoundOpened,
+    PartClosed,
+    RoundClosed,
+    EvalMetrics,
+    DeadLetter,
+)
