@@ -31,3 +31,7 @@ class InvalidFieldError(SchemaError):
 
 class TensorError(SchemaError):
     """A tensor ExtType is malformed: dtype not allowed, bad shape, length mismatch."""
+
+
+class UnexpectedMessageTypeError(SchemaError):
+    """A valid message of another type than the one asked for (`schemas.decode_as`)."""

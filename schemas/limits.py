@@ -6,6 +6,7 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # whole encoded message; checked before any
 MAX_DEAD_LETTER_ORIGINAL = 64 * 1024  # bytes of a rejected input kept in its DeadLetter
 MAX_ID_CHARS = 128
 MAX_REASON_CHARS = 256
+MAX_STR_BYTES = 64 * 1024  # UTF-8 bytes of any one string (msgpack str) in a message
 MAX_EXPERTS = 1024
 MAX_PARTS = MAX_EXPERTS + 1
 MAX_TENSORS_PER_PART = 32

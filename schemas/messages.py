@@ -17,6 +17,7 @@ import numpy as np
 
 from schemas.errors import InvalidFieldError
 from schemas.limits import (
+    MAX_DEAD_LETTER_ORIGINAL,
     MAX_EXPERTS,
     MAX_ID_CHARS,
     MAX_PARTS,
@@ -38,7 +39,8 @@ def _finite(x: float) -> bool:
 
 
 def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    """An int (not a bool) that msgpack can carry: int64 or uint64 range."""
+    return isinstance(x, int) and not isinstance(x, bool) and -(2**63) <= x < 2**64
 
 
 def valid_part_id(part: str, num_experts: int = MAX_EXPERTS) -> bool:
@@ -48,7 +50,14 @@ def valid_part_id(part: str, num_experts: int = MAX_EXPERTS) -> bool:
     if not part.startswith("expert-"):
         return False
     idx = part[len("expert-") :]
-    return idx.isdigit() and str(int(idx)) == idx and int(idx) < num_experts
+    # isascii: str.isdigit() is also true for "²" and other digits int() refuses.
+    return (
+        0 < len(idx) <= 6
+        and idx.isascii()
+        and idx.isdigit()
+        and str(int(idx)) == idx
+        and int(idx) < num_experts
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +102,13 @@ def _check_tensors(name: str, tensors: Mapping[str, np.ndarray], *, finite: bool
         _check(isinstance(arr, np.ndarray), name, f"tensor {key!r} is not an array")
         if finite and arr.dtype.kind == "f":
             _check(bool(np.isfinite(arr).all()), name, f"tensor {key!r} has non-finite values")
+
+
+def _check_versions(name: str, versions: Mapping[str, int]) -> None:
+    _check(len(versions) <= MAX_PARTS, name, "model_versions too long")
+    for k, v in versions.items():
+        _check(isinstance(k, str) and valid_part_id(k), name, f"model_versions key {k!r}")
+        _check(_is_int(v) and v >= 0, name, f"model_versions[{k!r}] must be an int >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,13 +345,21 @@ class ProfileSnapshot(Message):
 
     def _validate_body(self) -> None:
         n = "ProfileSnapshot"
+        _check(_is_int(self.device_type) and 0 <= self.device_type < 256, n, "device_type")
         for attr in ("compute_ms_per_sample", "bandwidth_kbps", "memory_mb"):
             v = getattr(self, attr)
             _check(_finite(v) and v > 0, n, f"{attr} must be finite and > 0")
         _check(_is_int(self.capacity) and 0 <= self.capacity <= MAX_EXPERTS, n, "capacity")
         _check(_finite(self.battery) and 0 <= self.battery <= 1, n, "battery in [0, 1]")
         _check(_finite(self.completion_rate) and 0 <= self.completion_rate <= 1, n, "completion")
-        _check(len(self.routing_histogram) <= MAX_EXPERTS, n, "routing_histogram length")
+        _check(isinstance(self.online, bool), n, "online must be a bool")
+        for attr in ("num_samples", "rounds_assigned", "rounds_completed"):
+            _check(_is_int(getattr(self, attr)) and getattr(self, attr) >= 0, n, f"{attr} >= 0")
+        _check(_finite(self.last_seen) and self.last_seen >= 0, n, "last_seen must be >= 0")
+        h = self.routing_histogram
+        _check(isinstance(h, tuple) and len(h) <= MAX_EXPERTS, n, "routing_histogram length")
+        _check(all(_finite(x) and x >= 0 for x in h), n, "routing_histogram values >= 0")
+        _check(len(self.expert_quality) <= MAX_EXPERTS, n, "expert_quality too long")
         for k, v in self.expert_quality.items():
             _check(valid_part_id(k) and _finite(v), n, f"expert_quality[{k!r}]")
 
@@ -356,9 +380,11 @@ class RoundOpened(Message):
         n = "RoundOpened"
         _check(_finite(self.deadline), n, "deadline")
         _check(_is_int(self.devices) and self.devices >= 0, n, "devices >= 0")
+        _check(len(self.strategy) <= MAX_REASON_CHARS, n, "strategy too long")
         _check(len(self.expected_parts) <= MAX_PARTS, n, "expected_parts too long")
         for k, v in self.expected_parts.items():
             _check(valid_part_id(k) and _is_int(v) and v >= 0, n, f"expected_parts[{k!r}]")
+        _check_versions(n, self.model_versions)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -389,6 +415,11 @@ class RoundClosed(Message):
     reason: str
     parts_closed: int
 
+    def _validate_body(self) -> None:
+        n = "RoundClosed"
+        _check(len(self.reason) <= MAX_REASON_CHARS, n, "reason too long")
+        _check(_is_int(self.parts_closed) and self.parts_closed >= 0, n, "parts_closed >= 0")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvalMetrics(Message):
@@ -403,6 +434,7 @@ class EvalMetrics(Message):
     def _validate_body(self) -> None:
         _check(_finite(self.accuracy) and 0 <= self.accuracy <= 1, "EvalMetrics", "accuracy")
         _check(_finite(self.loss), "EvalMetrics", "loss")
+        _check_versions("EvalMetrics", self.model_versions)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,8 +450,21 @@ class DeadLetter(Message):
     original_size: int
 
     def _validate_body(self) -> None:
-        _check(isinstance(self.original, bytes), "DeadLetter", "original must be bytes")
-        _check(len(self.reason) <= 4 * MAX_REASON_CHARS, "DeadLetter", "reason too long")
+        n = "DeadLetter"
+        _check(isinstance(self.original, bytes), n, "original must be bytes")
+        _check(
+            len(self.original) <= MAX_DEAD_LETTER_ORIGINAL,
+            n,
+            f"original must be capped to {MAX_DEAD_LETTER_ORIGINAL} bytes",
+        )
+        _check(
+            _is_int(self.original_size) and self.original_size >= len(self.original),
+            n,
+            "original_size must be >= len(original)",
+        )
+        _check(len(self.reason) <= 4 * MAX_REASON_CHARS, n, "reason too long")
+        _check(len(self.source) <= MAX_REASON_CHARS, n, "source too long")
+        _check(len(self.error) <= MAX_REASON_CHARS, n, "error too long")
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
