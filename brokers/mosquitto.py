@@ -1,0 +1,285 @@
+"""`MosquittoBroker`: a local Mosquitto with the project's own config, as an async context
+manager that can also be stopped and started again on the same port and run directory
+(persistent sessions and their queued QoS1 messages survive the restart).
+
+    async with MosquittoBroker(run_dir) as mqtt:
+        mqtt.url  # "mqtt://127.0.0.1:PORT"
+
+The config comes from the template `brokers/mosquitto.conf` (see there for each choice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import string
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+
+from brokers._process import BrokerProcess, free_port, log_tail
+from brokers._process import NotStarted as _NotStarted
+from brokers.errors import BrokerLaunchError
+from brokers.settings import LocalBrokerSettings
+
+log = logging.getLogger(__name__)
+
+_AUTO_PORT_ATTEMPTS = 3
+_RETRY_S = 0.05
+_DEFAULTS = LocalBrokerSettings()
+_UNSAFE_IN_CONF = set(" \t\r\n#")
+_TEMPLATE = Path(__file__).with_name("mosquitto.conf")
+
+
+def find_mosquitto(explicit: str = "") -> Path:
+    """The mosquitto binary: `explicit`, else on PATH, else /usr/sbin/mosquitto."""
+    candidates = (
+        [explicit] if explicit else [shutil.which("mosquitto") or "", "/usr/sbin/mosquitto"]
+    )
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    where = (
+        f"FEDMOE_MOSQUITTO_BIN={explicit!r} is not an executable file"
+        if explicit
+        else ("mosquitto not found on PATH nor at /usr/sbin/mosquitto")
+    )
+    raise BrokerLaunchError(
+        f"{where}: run `make test` (or `make setup`), which installs the Debian package "
+        "`mosquitto`, or set FEDMOE_MOSQUITTO_BIN"
+    )
+
+
+def config_template() -> str:
+    """The text of the packaged `brokers/mosquitto.conf` template (package data beside this
+    module; read by path so it also works where `brokers` was installed as a namespace)."""
+    return _TEMPLATE.read_text()
+
+
+def _conf_path(path: Path, what: str) -> str:
+    text = str(path)
+    if _UNSAFE_IN_CONF & set(text):
+        raise BrokerLaunchError(f"{what} {text!r}: Mosquitto's config cannot hold spaces or '#'")
+    return text
+
+
+def render_config(
+    *,
+    port: int,
+    run_dir: Path,
+    max_packet_size: int = _DEFAULTS.mqtt_max_packet_size,
+    max_queued_messages: int = _DEFAULTS.mqtt_max_queued_messages,
+    max_inflight_messages: int = _DEFAULTS.mqtt_max_inflight_messages,
+    user: str | None = None,
+    template: str | None = None,
+) -> str:
+    """The Mosquitto config for a broker on 127.0.0.1:`port` keeping its files in `run_dir`."""
+    if not 0 < port < 65536:
+        raise BrokerLaunchError(f"Mosquitto port {port} is not a port")
+    if max_queued_messages < 1:
+        raise BrokerLaunchError("max_queued_messages must be >= 1 (0 is broken before 2.0.22)")
+    if max_packet_size < 1 or max_inflight_messages < 1:
+        raise BrokerLaunchError("max_packet_size and max_inflight_messages must be >= 1")
+    run_dir = Path(run_dir).absolute()
+    values = {
+        "port": str(port),
+        "user": user if user is not None else pwd.getpwuid(os.geteuid()).pw_name,
+        "persistence_dir": _conf_path(run_dir / "mosquitto-data", "run dir"),
+        "log_file": _conf_path(run_dir / "mosquitto.log", "run dir"),
+        "max_packet_size": str(max_packet_size),
+        "max_queued_messages": str(max_queued_messages),
+        "max_inflight_messages": str(max_inflight_messages),
+    }
+    try:
+        return string.Template(template if template is not None else config_template()).substitute(
+            values
+        )
+    except (KeyError, ValueError) as exc:
+        raise BrokerLaunchError(f"bad Mosquitto config template: {exc!r}") from exc
+
+
+async def wait_mqtt_ready(host: str, port: int, timeout_s: float) -> None:
+    """Return once an MQTT CONNECT to host:port succeeds (clean session, no state left)."""
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"MQTT at {host}:{port} not ready after {timeout_s:.1f}s: {last!r}")
+        try:
+            async with asyncio.timeout(min(remaining, 5.0)):
+                _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                client = aiomqtt.Client(
+                    host,
+                    port,
+                    identifier=f"fedmoe-probe-{uuid.uuid4().hex[:12]}",
+                    clean_session=True,
+                    timeout=min(remaining, 5.0),
+                )
+                async with client:
+                    return
+        except (OSError, aiomqtt.MqttError, TimeoutError) as exc:
+            last = exc
+        await asyncio.sleep(min(_RETRY_S, max(0.0, deadline - time.monotonic())))
+
+
+class MosquittoBroker:
+    """Mosquitto on 127.0.0.1:`port` (0 = a free port, kept across restarts)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        port: int = 0,
+        binary: str = "",
+        max_packet_size: int = _DEFAULTS.mqtt_max_packet_size,
+        max_queued_messages: int = _DEFAULTS.mqtt_max_queued_messages,
+        max_inflight_messages: int = _DEFAULTS.mqtt_max_inflight_messages,
+        start_timeout_s: float = 30.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.port = port
+        self._auto_port = port == 0
+        self.binary = find_mosquitto(binary)
+        self.max_packet_size = max_packet_size
+        self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.conf_path = self.run_dir / "mosquitto.conf"
+        self.log_path = self.run_dir / "mosquitto.log"  # the broker's own log
+        self.out_path = self.run_dir / "mosquitto.out"  # its stdout/stderr (startup errors)
+        self._process: BrokerProcess | None = None
+
+    @classmethod
+    def from_settings(cls, settings: LocalBrokerSettings, run_dir: Path) -> MosquittoBroker:
+        """A broker configured by `LocalBrokerSettings`."""
+        return cls(
+            run_dir,
+            port=settings.mqtt_port,
+            binary=settings.mosquitto_bin,
+            max_packet_size=settings.mqtt_max_packet_size,
+            max_queued_messages=settings.mqtt_max_queued_messages,
+            max_inflight_messages=settings.mqtt_max_inflight_messages,
+            start_timeout_s=settings.start_timeout_s,
+            stop_timeout_s=settings.stop_timeout_s,
+        )
+
+    @property
+    def url(self) -> str:
+        """The broker's URL, "mqtt://127.0.0.1:PORT"."""
+        if not self.port:
+            raise BrokerLaunchError("Mosquitto has no port yet: start it first")
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process runs."""
+        return self._process is not None and self._process.returncode is None
+
+    def write_config(self) -> Path:
+        """Render the template for the current port into `run_dir/mosquitto.conf`."""
+        (self.run_dir / "mosquitto-data").mkdir(parents=True, exist_ok=True)
+        text = render_config(
+            port=self.port,
+            run_dir=self.run_dir,
+            max_packet_size=self.max_packet_size,
+            max_queued_messages=self.max_queued_messages,
+            max_inflight_messages=self.max_inflight_messages,
+        )
+        self.conf_path.write_text(text)
+        return self.conf_path
+
+    async def start(self) -> None:
+        """Start Mosquitto and return once it accepts an MQTT CONNECT."""
+        if self.running:
+            raise BrokerLaunchError(f"Mosquitto already running on port {self.port}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A port picked here is kept: a restart must come back on the same port.
+        attempts = _AUTO_PORT_ATTEMPTS if self._auto_port and not self.port else 1
+        for attempt in range(1, attempts + 1):
+            if not self.port or (self._auto_port and attempt > 1):
+                self.port = free_port()
+            try:
+                await self._start_once()
+                return
+            except _NotStarted as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "Mosquitto did not start on port %d, trying another: %s", self.port, exc
+                )
+
+    async def _start_once(self) -> None:
+        self.write_config()
+        argv = [str(self.binary), "-c", str(self.conf_path)]
+        process = BrokerProcess("mosquitto", argv, self.out_path, self.run_dir)
+        self._process = process
+        await process.spawn(self.start_timeout_s)
+        ready = asyncio.ensure_future(wait_mqtt_ready("127.0.0.1", self.port, self.start_timeout_s))
+        exited = asyncio.ensure_future(process.wait_exit())
+        try:
+            done, _ = await asyncio.wait(
+                {ready, exited},
+                timeout=self.start_timeout_s + 1.0,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if ready in done and ready.exception() is None:
+                log.info("Mosquitto ready at %s (pid %s)", self.url, process.pid)
+                return
+            if exited in done:
+                why = f"exited with status {exited.result()} before it was ready"
+            elif ready in done:
+                why = f"not ready: {ready.exception()}"
+            else:
+                why = f"not ready after {self.start_timeout_s:.1f}s"
+        finally:
+            for task in (ready, exited):
+                task.cancel()
+            for task in (ready, exited):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await process.stop(self.stop_timeout_s)
+        raise _NotStarted(
+            f"Mosquitto on 127.0.0.1:{self.port} {why}\n{log_tail(self.out_path, self.log_path)}"
+        )
+
+    async def stop(self) -> None:
+        """SIGTERM Mosquitto (it saves its persistence file), SIGKILL after the timeout."""
+        if self._process is not None:
+            await self._process.stop(self.stop_timeout_s)
+        self._process = None
+
+    async def restart(self) -> None:
+        """Stop, then start again on the same port and run directory."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

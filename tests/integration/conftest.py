@@ -1,0 +1,64 @@
+"""Integration fixtures: one Tansu + one Mosquitto for the whole test session.
+
+- `local_brokers` (session): the running `LocalBrokers` (run dir under pytest's tmp dir).
+- `broker_env` (function): creates the Kafka topics of the test's unique `namespace` and
+  returns a `BrokerSettings` pointing at the brokers and that namespace.
+
+Every test under tests/integration is marked `integration` by `pytest_collection_modifyitems`.
+Other suites (e2e) may reuse these fixtures with
+`from tests.integration.conftest import broker_env, local_brokers  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from brokers.errors import BrokerLaunchError
+from brokers.local import LocalBrokers
+from brokers.mosquitto import find_mosquitto
+from brokers.settings import BrokerSettings, LocalBrokerSettings
+from brokers.tansu import find_tansu
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test in this folder `integration`."""
+    for item in items:
+        if _HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def _require_binaries() -> None:
+    try:
+        find_mosquitto()
+        find_tansu()
+    except BrokerLaunchError as exc:
+        pytest.fail(f"integration tests need local brokers: {exc}. Run `make test`.", pytrace=False)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def local_brokers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalBrokers]:
+    """Tansu + Mosquitto on free loopback ports for the whole session."""
+    _require_binaries()
+    run_dir = tmp_path_factory.mktemp("brokers")
+    brokers = LocalBrokers(LocalBrokerSettings(run_dir=str(run_dir), start_timeout_s=60.0))
+    try:
+        await brokers.start()
+    except BrokerLaunchError as exc:
+        pytest.fail(f"local brokers did not start: {exc}", pytrace=False)
+    try:
+        yield brokers
+    finally:
+        await brokers.stop()
+
+
+@pytest_asyncio.fixture
+async def broker_env(local_brokers: LocalBrokers, namespace: str) -> BrokerSettings:
+    """`BrokerSettings` for this test's own namespace, its Kafka topics created."""
+    await local_brokers.create_namespace(namespace)
+    return local_brokers.broker_settings(namespace)
