@@ -1,0 +1,127 @@
+"""Streaming weighted FedAvg, with optional norm clipping of each update's delta.
+
+The new part is `base + Σ wᵢ·clip(uᵢ − base) / Σ wᵢ`, which without clipping is exactly the
+weighted average `Σ wᵢ·uᵢ / Σ wᵢ` of the updates (McMahan et al., 2017). Only the running
+weighted sum of deltas (float64, one array per parameter) and the total weight are kept, so
+memory is O(parameters) however many devices report: updates are never buffered.
+
+Summing deltas rather than raw updates keeps float64 sums small (deltas are small next to the
+weights), and it is what clipping needs anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedmoe.errors import SettingsError
+from moe.aggregation.base import (
+    AggregationRule,
+    PartAccumulator,
+    Plain,
+    cast_like,
+    check_state_array,
+)
+from moe.aggregation.errors import SnapshotError
+from moe.tensors import PartTensors
+
+
+@dataclass(frozen=True, slots=True)
+class FedAvg(AggregationRule):
+    """Weighted federated averaging of one part, streaming.
+
+    Attributes:
+        max_norm: when set, each update's delta (update − base) is scaled down so that its L2
+            norm over *all* the part's tensors together is at most `max_norm` (norm clipping
+            as in DP-FedAvg; bounds any one device's pull). None disables clipping.
+    """
+
+    name: ClassVar[str] = "fedavg"
+    max_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_norm is not None and not (
+            isinstance(self.max_norm, int | float)
+            and math.isfinite(self.max_norm)
+            and self.max_norm > 0
+        ):
+            raise SettingsError(f"fedavg max_norm must be finite and > 0, got {self.max_norm!r}")
+
+    def start(self, base: PartTensors) -> FedAvgAccumulator:
+        """Open a streaming accumulator; see `AggregationRule.start`."""
+        return FedAvgAccumulator(base, self.max_norm)
+
+    def params(self) -> Plain:
+        """`{"max_norm": ...}`."""
+        return {"max_norm": self.max_norm}
+
+
+class FedAvgAccumulator(PartAccumulator):
+    """Running weighted sum of (clipped) deltas for one part in one round.
+
+    Args:
+        base: the part's tensors the round started from (held by reference).
+        max_norm: the delta clipping bound, or None.
+    """
+
+    def __init__(self, base: PartTensors, max_norm: float | None = None) -> None:
+        super().__init__(base)
+        self._max_norm = max_norm
+        self._sums = {name: np.zeros(spec.shape, np.float64) for name, spec in self._layout.items()}
+        self._clipped = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the float64 sums: fixed by the layout, independent of the update count."""
+        return sum(int(s.nbytes) for s in self._sums.values())
+
+    @property
+    def clipped(self) -> int:
+        """How many updates had their delta scaled down by clipping."""
+        return self._clipped
+
+    def _accumulate(self, update_key: str, tensors: PartTensors, weight: float) -> None:
+        # Deltas in float64 first: the base and the update are float32, and their difference
+        # must not lose the small changes a round makes.
+        deltas = {
+            name: np.subtract(tensors[name], self._base[name], dtype=np.float64)
+            for name in self._sums
+        }
+        scale = 1.0
+        if self._max_norm is not None:
+            norm = math.sqrt(sum(float(np.vdot(d.ravel(), d.ravel())) for d in deltas.values()))
+            if norm > self._max_norm:
+                scale = self._max_norm / norm
+                self._clipped += 1
+        factor = weight * scale
+        for name, delta in deltas.items():
+            delta *= factor
+            self._sums[name] += delta
+
+    def _result(self) -> dict[str, NDArray[Any]]:
+        values: dict[str, NDArray[np.float64]] = {}
+        for name, total in self._sums.items():
+            mean = total / self._total_weight
+            mean += self._base[name]
+            values[name] = mean
+        return cast_like(values, self._base)
+
+    def _state(self) -> tuple[Plain, dict[str, NDArray[Any]]]:
+        return {"clipped": self._clipped}, {name: s.copy() for name, s in self._sums.items()}
+
+    def _load(self, meta: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -> None:
+        clipped = meta.get("clipped", 0)
+        if isinstance(clipped, bool) or not isinstance(clipped, int) or clipped < 0:
+            raise SnapshotError(f"fedavg clipped {clipped!r}")
+        if set(arrays) != set(self._sums):
+            raise SnapshotError(f"fedavg arrays {sorted(arrays)} != {sorted(self._sums)}")
+        self._sums = {
+            name: check_state_array(arrays, name, spec, "float64")
+            for name, spec in self._layout.items()
+        }
+        self._clipped = clipped
