@@ -170,6 +170,12 @@ class TansuBroker:
         await self._stop_process()
         self._process = None
 
+    async def wait_exited(self) -> int:
+        """Wait until the running broker process exits; its exit status."""
+        if self._process is None:
+            raise BrokerLaunchError("the broker is not running")
+        return await self._process.wait_exit()
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

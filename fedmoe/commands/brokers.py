@@ -1,0 +1,203 @@
+"""`fedmoe brokers up|smoke`: local Kafka-API (Tansu) and Mosquitto brokers.
+
+`up` starts both on loopback, creates every topic of the namespace, prints exactly
+
+    FEDMOE_KAFKA_BOOTSTRAP=127.0.0.1:<port>
+    FEDMOE_MQTT_URL=mqtt://127.0.0.1:<port>
+
+on stdout once both are ready (so `eval "$(...)"`-style wrappers and tests can read them), and
+runs until SIGINT/SIGTERM/SIGHUP, then stops both brokers. The brokers also get SIGTERM when
+this process dies some other way (Linux parent-death signal), so none is left behind.
+
+`smoke` starts the brokers, produces and consumes one Kafka record and one QoS1 MQTT message,
+prints one JSON line with the timings and `"ok"`, and stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiomqtt
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from brokers.local import LocalBrokers
+from brokers.settings import BrokerSettings, LocalBrokerSettings
+from fedmoe.errors import FedMoEError, SettingsError
+from fedmoe.settings import add_arguments, from_args
+from schemas.topics import MqttTopic, Topic
+
+log = logging.getLogger("fedmoe.brokers")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedmoe brokers", description="local Kafka-API (Tansu) and Mosquitto brokers"
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("up", "run both brokers until SIGINT/SIGTERM; print their addresses"),
+        ("smoke", "start both, one Kafka and one MQTT round trip, print JSON, stop"),
+    ):
+        action = sub.add_parser(name, help=text, description=text)
+        add_arguments(action, LocalBrokerSettings)
+        action.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `fedmoe brokers`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = from_args(LocalBrokerSettings, args, os.environ)
+    except SettingsError as exc:
+        print(f"fedmoe brokers: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "up":
+        return asyncio.run(up(settings))
+    return asyncio.run(smoke(settings))
+
+
+async def up(settings: LocalBrokerSettings) -> int:
+    """Run both brokers until a stop signal (0) or until one of them dies (1)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with LocalBrokers(settings) as brokers:
+            assert brokers.tansu is not None
+            assert brokers.mosquitto is not None
+            if stop.is_set():
+                return 0
+            try:
+                print(f"FEDMOE_KAFKA_BOOTSTRAP={brokers.kafka_bootstrap}", flush=True)
+                print(f"FEDMOE_MQTT_URL={brokers.mqtt_url}", flush=True)
+            except BrokenPipeError:
+                log.warning("stdout is closed; the brokers keep running")
+            print(
+                f"fedmoe brokers: up (namespace {brokers.namespace!r}, run dir "
+                f"{brokers.run_dir}); SIGINT/SIGTERM stops them",
+                file=sys.stderr,
+                flush=True,
+            )
+            stopped = asyncio.ensure_future(stop.wait())
+            watch = {
+                asyncio.ensure_future(brokers.tansu.wait_exited()): "tansu",
+                asyncio.ensure_future(brokers.mosquitto.wait_exited()): "mosquitto",
+            }
+            try:
+                done, _ = await asyncio.wait({stopped, *watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (stopped, *watch):
+                    task.cancel()
+            died = [f"{watch[t]} (status {t.result()})" for t in done if t in watch]
+            if died:
+                print(f"fedmoe brokers: broker exited: {', '.join(died)}", file=sys.stderr)
+                return 1
+            return 0
+    except FedMoEError as exc:
+        print(f"fedmoe brokers: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def kafka_roundtrip(settings: BrokerSettings, timeout_s: float) -> float:
+    """Produce one record to the namespace's telemetry topic and consume it back; seconds."""
+    topic = settings.topic_table().name(Topic.TELEMETRY)
+    key, value = b"smoke", uuid.uuid4().bytes
+    started = time.monotonic()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks=settings.producer_acks(),
+        enable_idempotence=settings.kafka_idempotent,
+        request_timeout_ms=int(settings.request_timeout_s * 1000),
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=int(settings.request_timeout_s * 1000),
+    )
+    async with asyncio.timeout(timeout_s):
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(topic, value, key=key)
+        finally:
+            await producer.stop()
+        await consumer.start()
+        try:
+            partition = TopicPartition(topic, meta.partition)
+            consumer.assign([partition])
+            consumer.seek(partition, meta.offset)
+            record = await consumer.getone()
+        finally:
+            await consumer.stop()
+    if (record.key, record.value) != (key, value):
+        raise FedMoEError(f"Kafka smoke: read back {record!r}, not the record produced")
+    return time.monotonic() - started
+
+
+async def mqtt_roundtrip(settings: BrokerSettings, timeout_s: float) -> float:
+    """Subscribe, publish one QoS1 message to ourselves, receive it; seconds."""
+    host, port = settings.mqtt_host_port()
+    table = settings.topic_table()
+    topic = table.mqtt(MqttTopic.TELEMETRY, device=f"smoke-{uuid.uuid4().hex[:8]}")
+    payload = uuid.uuid4().bytes
+    started = time.monotonic()
+    async with asyncio.timeout(timeout_s):
+        async with aiomqtt.Client(host, port, timeout=timeout_s) as client:
+            await client.subscribe(topic, qos=1)
+            await client.publish(topic, payload, qos=1)
+            async for message in client.messages:
+                if message.payload == payload:
+                    break
+    return time.monotonic() - started
+
+
+async def smoke(settings: LocalBrokerSettings, timeout_s: float = 60.0) -> int:
+    """Start the brokers, one round trip on each, print one JSON line; 0 when all went well."""
+    result: dict[str, Any] = {"ok": False}
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with LocalBrokers(settings) as brokers:
+                result["start_s"] = round(time.monotonic() - started, 4)
+                result["kafka_bootstrap"] = brokers.kafka_bootstrap
+                result["mqtt_url"] = brokers.mqtt_url
+                result["topics_created"] = len(brokers.topics[brokers.namespace].created)
+                broker_settings = brokers.broker_settings()
+                result["kafka_roundtrip_s"] = round(
+                    await kafka_roundtrip(broker_settings, timeout_s / 3), 4
+                )
+                result["mqtt_roundtrip_s"] = round(
+                    await mqtt_roundtrip(broker_settings, timeout_s / 3), 4
+                )
+                stopping = time.monotonic()
+            result["stop_s"] = round(time.monotonic() - stopping, 4)
+        result["ok"] = True
+    except (FedMoEError, KafkaError, aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    result["total_s"] = round(time.monotonic() - started, 4)
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1

@@ -1,0 +1,229 @@
+"""Broker settings parsing and the Mosquitto config rendering (no broker started)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from brokers.errors import BrokerError, BrokerLaunchError, BrokerTimeout, BrokerUnavailable
+from brokers.mosquitto import config_template, render_config
+from brokers.settings import (
+    BrokerSettings,
+    LocalBrokerSettings,
+    parse_bootstrap,
+    parse_mqtt_url,
+)
+from fedmoe.commands import brokers as brokers_command
+from fedmoe.errors import FedMoEError, SettingsError
+from fedmoe.settings import add_arguments, env_names, from_args, load_settings
+from schemas.limits import MAX_MESSAGE_BYTES
+
+
+def test_error_tree() -> None:
+    assert issubclass(BrokerError, FedMoEError)
+    assert BrokerUnavailable.retriable
+    assert BrokerTimeout.retriable
+    assert not BrokerLaunchError.retriable
+    assert not BrokerError.retriable
+    assert all(issubclass(c, BrokerError) for c in (BrokerUnavailable, BrokerTimeout))
+
+
+def test_defaults() -> None:
+    s = load_settings(BrokerSettings, {})
+    assert (s.kafka_bootstrap, s.mqtt_url, s.namespace, s.mqtt_root) == (
+        "127.0.0.1:9092",
+        "mqtt://127.0.0.1:1883",
+        "fedmoe",
+        "fleet",
+    )
+    assert s.producer_acks() == "all"
+    assert s.kafka_idempotent is False
+    assert s.request_timeout_s == 10.0
+    assert s.mqtt_host_port() == ("127.0.0.1", 1883)
+    assert s.topic_table().namespace == "fedmoe"
+
+
+def test_env_is_read() -> None:
+    env = {
+        "FEDMOE_KAFKA_BOOTSTRAP": "10.0.0.1:9092,10.0.0.2:9093",
+        "FEDMOE_MQTT_URL": "mqtt://broker.local:18830",
+        "FEDMOE_NAMESPACE": "ns-1",
+        "FEDMOE_MQTT_ROOT": "devices",
+        "FEDMOE_KAFKA_ACKS": "1",
+        "FEDMOE_REQUEST_TIMEOUT_S": "2.5",
+    }
+    s = load_settings(BrokerSettings, env)
+    assert s.bootstrap_servers() == ["10.0.0.1:9092", "10.0.0.2:9093"]
+    assert s.mqtt_host_port() == ("broker.local", 18830)
+    assert s.producer_acks() == 1
+    assert s.request_timeout_s == 2.5
+    table = s.topic_table()
+    assert (table.namespace, table.mqtt_root) == ("ns-1", "devices")
+    assert env_names(BrokerSettings) == set(env) | {"FEDMOE_KAFKA_IDEMPOTENT"}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1:1884", ("127.0.0.1", 1884)),
+        ("mqtt://localhost", ("localhost", 1883)),
+        ("tcp://h:1", ("h", 1)),
+        ("mqtt://h:2/", ("h", 2)),
+    ],
+)
+def test_parse_mqtt_url(url: str, expected: tuple[str, int]) -> None:
+    assert parse_mqtt_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:1883",
+        "http://h:1883",
+        "mqtt://:1883",
+        "mqtt://h:notaport",
+        "mqtt://h:70000",
+        "mqtt://h:0",
+        "mqtt://h:1883/fleet",
+        "mqtt://u:p@h:1883",
+        "",
+    ],
+)
+def test_bad_mqtt_url_is_a_settings_error(url: str) -> None:
+    with pytest.raises(SettingsError, match="FEDMOE_MQTT_URL"):
+        load_settings(BrokerSettings, {"FEDMOE_MQTT_URL": url})
+
+
+@pytest.mark.parametrize("bootstrap", ["", ",", "host", "host:", ":9092", "h:99999", "h:x"])
+def test_bad_bootstrap(bootstrap: str) -> None:
+    with pytest.raises(SettingsError, match="FEDMOE_KAFKA_BOOTSTRAP"):
+        parse_bootstrap(bootstrap)
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"FEDMOE_KAFKA_ACKS": "2"}, "FEDMOE_KAFKA_ACKS"),
+        ({"FEDMOE_KAFKA_IDEMPOTENT": "yes", "FEDMOE_KAFKA_ACKS": "1"}, "IDEMPOTENT"),
+        ({"FEDMOE_KAFKA_IDEMPOTENT": "maybe"}, "FEDMOE_KAFKA_IDEMPOTENT"),
+        ({"FEDMOE_NAMESPACE": "a/b"}, "FEDMOE_NAMESPACE"),
+        ({"FEDMOE_MQTT_ROOT": "+"}, "FEDMOE_MQTT_ROOT"),
+        ({"FEDMOE_REQUEST_TIMEOUT_S": "0"}, "FEDMOE_REQUEST_TIMEOUT_S"),
+        ({"FEDMOE_REQUEST_TIMEOUT_S": "soon"}, "FEDMOE_REQUEST_TIMEOUT_S"),
+    ],
+)
+def test_bad_broker_settings(env: dict[str, str], match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        load_settings(BrokerSettings, env)
+
+
+def test_local_defaults_and_flags() -> None:
+    s = load_settings(LocalBrokerSettings, {})
+    assert (s.kafka_port, s.mqtt_port, s.run_dir) == (0, 0, "")
+    assert s.mqtt_max_packet_size == 9 * 1024 * 1024 > MAX_MESSAGE_BYTES
+    assert s.mqtt_max_queued_messages >= 1000
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, LocalBrokerSettings)
+    args = parser.parse_args(["--kafka-port", "19092", "--run-dir", "/tmp/r", "--namespace", "x"])
+    s = from_args(
+        LocalBrokerSettings, args, {"FEDMOE_MQTT_PORT": "18830", "FEDMOE_KAFKA_PORT": "1"}
+    )
+    assert (s.kafka_port, s.mqtt_port, s.run_dir, s.namespace) == (19092, 18830, "/tmp/r", "x")
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"FEDMOE_KAFKA_PORT": "70000"}, "FEDMOE_KAFKA_PORT"),
+        ({"FEDMOE_MQTT_PORT": "-1"}, "FEDMOE_MQTT_PORT"),
+        ({"FEDMOE_KAFKA_PORT": "5000", "FEDMOE_MQTT_PORT": "5000"}, "must differ"),
+        ({"FEDMOE_MQTT_MAX_PACKET_SIZE": str(MAX_MESSAGE_BYTES)}, "MAX_PACKET_SIZE"),
+        ({"FEDMOE_MQTT_MAX_QUEUED_MESSAGES": "0"}, "2.0.22"),
+        ({"FEDMOE_MQTT_MAX_INFLIGHT_MESSAGES": "0"}, "INFLIGHT"),
+        ({"FEDMOE_BROKER_STOP_TIMEOUT_S": "0"}, "TIMEOUT"),
+        ({"FEDMOE_NAMESPACE": "#"}, "FEDMOE_NAMESPACE"),
+    ],
+)
+def test_bad_local_settings(env: dict[str, str], match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        load_settings(LocalBrokerSettings, env)
+
+
+def _directives(conf: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in conf.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_render_config(tmp_path: Path) -> None:
+    conf = render_config(port=18830, run_dir=tmp_path, user="alice")
+    assert "$" not in conf.replace("$SYS", "")  # every placeholder filled in
+    d = _directives(conf)
+    assert d["listener"] == ["18830 127.0.0.1"]
+    assert d["allow_anonymous"] == ["true"]
+    assert d["user"] == ["alice"]
+    assert d["persistence"] == ["true"]
+    assert d["persistence_location"] == [f"{tmp_path / 'mosquitto-data'}/"]
+    assert d["max_packet_size"] == [str(9 * 1024 * 1024)]
+    assert int(d["max_queued_messages"][0]) >= 1000
+    assert int(d["max_inflight_messages"][0]) >= 1
+    assert d["sys_interval"] == ["5"]
+    assert d["log_dest"] == [f"file {tmp_path / 'mosquitto.log'}"]
+    assert "port" not in d  # only the loopback listener, no default one on 0.0.0.0
+
+
+def test_render_config_values_and_checks(tmp_path: Path) -> None:
+    conf = render_config(
+        port=1,
+        run_dir=tmp_path,
+        max_packet_size=123,
+        max_queued_messages=7,
+        max_inflight_messages=3,
+        user="u",
+    )
+    d = _directives(conf)
+    assert (d["max_packet_size"], d["max_queued_messages"], d["max_inflight_messages"]) == (
+        ["123"],
+        ["7"],
+        ["3"],
+    )
+    with pytest.raises(BrokerLaunchError, match=r"2\.0\.22"):
+        render_config(port=1, run_dir=tmp_path, max_queued_messages=0)
+    with pytest.raises(BrokerLaunchError, match="port"):
+        render_config(port=0, run_dir=tmp_path)
+    with pytest.raises(BrokerLaunchError, match="spaces"):
+        render_config(port=1, run_dir=tmp_path / "a b")
+    with pytest.raises(BrokerLaunchError, match="template"):
+        render_config(port=1, run_dir=tmp_path, template="listener ${nope}\n")
+
+
+def test_template_placeholders() -> None:
+    names = set(re.findall(r"(?<!\$)\$\{(\w+)\}", config_template()))
+    assert names == {
+        "port",
+        "user",
+        "persistence_dir",
+        "log_file",
+        "max_packet_size",
+        "max_queued_messages",
+        "max_inflight_messages",
+    }
+
+
+def test_brokers_command_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        brokers_command.main(["--help"])
+    assert "smoke" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        brokers_command.main(["up", "--help"])
+    out = capsys.readouterr().out
+    assert "--kafka-port" in out
+    assert "FEDMOE_MQTT_PORT" in out
+    assert brokers_command.main(["up", "--kafka-port", "many"]) == 2
+    assert "FEDMOE_KAFKA_PORT" in capsys.readouterr().err
