@@ -1,15 +1,20 @@
 """Kafka admin for local and CI brokers: wait until a Kafka-API broker answers, and create
 every topic of a `TopicTable` with its partition count and compaction setting.
 
-Tansu (the local Kafka API) does not auto-create topics, so every namespace's topics are
-created up front. Tansu accepts `cleanup.policy=compact` and reports it back from
-DescribeConfigs, but does not compact (DESIGN §5); a broker that rejects the topic config is
-detected and the topic is created without it (reported in `TopicsReport.configs_dropped`).
+Every namespace's topics are created up front, with the table's partition counts. Tansu
+0.6.0 does auto-create a topic (with 4 partitions) when a client's metadata request names an
+unknown one; a topic created that way before `create_topics` ran, with a partition count that
+differs from the table's, is reported in `TopicsReport.partition_mismatch`.
+
+Tansu accepts `cleanup.policy=compact` and reports it back from DescribeConfigs, but does not
+compact (DESIGN §5); a broker that rejects the topic config is detected and the topic is
+created without it (reported in `TopicsReport.configs_dropped`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,6 +39,9 @@ class TopicsReport:
     created: list[str] = field(default_factory=list)
     existed: list[str] = field(default_factory=list)
     configs_dropped: dict[str, str] = field(default_factory=dict)  # topic -> broker's reason
+    # topic -> (partitions it has, partitions the table asks for); e.g. a topic that Tansu
+    # auto-created (with 4 partitions) when a client asked for it before it was created here.
+    partition_mismatch: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _topic_configs(spec: KafkaTopicSpec) -> dict[str, str]:
@@ -64,6 +72,15 @@ async def _close(admin: AIOKafkaAdminClient) -> None:
         log.debug("admin client close failed: %r", exc)
 
 
+async def _tcp_probe(bootstrap: str) -> None:
+    """Connect to the first bootstrap server and hang up (OSError when refused)."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def wait_kafka_ready(bootstrap: str, timeout_s: float) -> None:
     """Return once the broker at `bootstrap` answers a metadata request; `BrokerTimeout`
     when it does not within `timeout_s`."""
@@ -76,6 +93,9 @@ async def wait_kafka_ready(bootstrap: str, timeout_s: float) -> None:
                 f"Kafka at {bootstrap} not ready after {timeout_s:.1f}s (last error: {last!r})"
             )
         try:
+            # A plain TCP connect first: aiokafka logs an ERROR for every refused bootstrap.
+            async with asyncio.timeout(min(remaining, 5.0)):
+                await _tcp_probe(bootstrap)
             admin = await _admin(bootstrap, min(remaining, 5.0))
             try:
                 async with asyncio.timeout(min(remaining, 5.0)):
@@ -168,6 +188,7 @@ async def create_topics(bootstrap: str, table: TopicTable, timeout_s: float) -> 
         counts = await _wait_metadata(admin, {n: s.partitions for n, s in specs.items()}, deadline)
         for name, spec in specs.items():
             if counts[name] != spec.partitions:
+                report.partition_mismatch[name] = (counts[name], spec.partitions)
                 log.warning(
                     "topic %s has %d partitions, the table says %d",
                     name,

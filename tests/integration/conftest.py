@@ -11,6 +11,7 @@ Other suites (e2e) may reuse these fixtures with
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,24 +34,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-def _require_binaries() -> None:
+def _local_settings(run_dir: Path) -> LocalBrokerSettings:
+    # Only the binaries come from the environment: ports stay free ones picked per session.
+    return LocalBrokerSettings(
+        run_dir=str(run_dir),
+        start_timeout_s=60.0,
+        mosquitto_bin=os.environ.get("FEDMOE_MOSQUITTO_BIN", ""),
+        tansu_bin=os.environ.get("FEDMOE_TANSU_BIN", ""),
+    )
+
+
+def _require_binaries(settings: LocalBrokerSettings) -> None:
+    problem = ""
     try:
-        find_mosquitto()
-        find_tansu()
+        find_mosquitto(settings.mosquitto_bin)
+        find_tansu(settings.tansu_bin)
     except BrokerLaunchError as exc:
-        pytest.fail(f"integration tests need local brokers: {exc}. Run `make test`.", pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(f"integration tests need local brokers: {problem}", pytrace=False)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def local_brokers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalBrokers]:
     """Tansu + Mosquitto on free loopback ports for the whole session."""
-    _require_binaries()
-    run_dir = tmp_path_factory.mktemp("brokers")
-    brokers = LocalBrokers(LocalBrokerSettings(run_dir=str(run_dir), start_timeout_s=60.0))
+    settings = _local_settings(tmp_path_factory.mktemp("brokers"))
+    _require_binaries(settings)
+    brokers = LocalBrokers(settings)
+    problem = ""
     try:
         await brokers.start()
     except BrokerLaunchError as exc:
-        pytest.fail(f"local brokers did not start: {exc}", pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(f"local brokers did not start: {problem}", pytrace=False)
     try:
         yield brokers
     finally:

