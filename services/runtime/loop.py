@@ -1,0 +1,353 @@
+"""The one consume→handle→produce loop (cf. faststream's `_run_consume_loop`).
+
+    poll a batch ─► per record: decode ─► handle ─► encode outputs ─► enqueue on the producer
+                                 │          │
+                                 │          ├─ InvalidPayload / non-retriable → DeadLetter
+                                 │          ├─ retriable error → capped backoff, same record
+                                 │          └─ unexpected exception → logged, DeadLetter
+                                 └─ SchemaError → DeadLetter
+    ─► await every ack ─► handler.checkpoint() ─► commit the batch's offsets
+
+Guarantees (at-least-once, never lost):
+
+- offsets are committed only after every output of the records they cover (dead letters
+  included) was acknowledged by Kafka and the handler's checkpoint (if any) returned;
+- the batch runs under a lock that the rebalance listener also takes: on revoke the loop stops
+  taking new records of the batch, finishes and commits the ones it started, and only then
+  lets the rebalance go on; records fetched before a rebalance and not yet started are dropped
+  (the eager protocol resets every position to its committed offset, so they are refetched);
+- `stop()` lets the current record finish, delivers and commits what was handled, and ends the
+  loop; retries and backoffs are interrupted by it (those inputs are redone after a restart);
+- ticks run in the same task as `handle`, so a handler never sees two calls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from brokers.errors import BrokerError
+from brokers.kafka import CommitFailed, ConsumedRecord, Consumer, ConsumerStopped, Partition
+from brokers.kafka import Producer as KafkaProducerProtocol
+from fedmoe.errors import FedMoEError
+from schemas import decode
+from schemas.errors import SchemaError
+from schemas.messages import Message
+from schemas.topics import Topic, TopicTable
+from services.deadletter import dead_letter
+from services.errors import InvalidPayload, ServiceFailed
+from services.handler import Checkpointer, Handler, InboundRecord, Outbound, Ticker
+from services.metrics import Outcome, ServiceMetrics
+from services.runtime.delivery import Backoff, Delivery, EncodedRecord, encode_outbound
+from services.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+_COMMIT_ATTEMPTS = 5
+
+
+class ConsumeLoop:
+    """The loop over one `Consumer` and one `Producer`; also the group's rebalance listener.
+
+    Build it, pass it as the `RebalanceListener` of the consumer, then `await run(consumer)`.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        handler: Handler,
+        producer: KafkaProducerProtocol,
+        table: TopicTable,
+        settings: RuntimeSettings,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._producer = producer
+        self._table = table
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        self._ticker = handler if isinstance(handler, Ticker) else None
+        self._checkpointer = handler if isinstance(handler, Checkpointer) else None
+        self._dead_letter_topic = table.name(Topic.DEAD_LETTER)
+        # Held while a batch (or a tick) is worked on; the rebalance listener takes it too.
+        self._lock = asyncio.Lock()
+        # Set by stop() and by a pending revoke: stop taking records, cut retries short.
+        self._interrupt = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._generation = 0  # bumped on every revoke: fetched-before records are stale
+        self._assigned: set[Partition] = set()
+
+    # -- control -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the record in hand, deliver and commit, then end `run()`."""
+        self._stopping.set()
+        self._interrupt.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was called."""
+        return self._stopping.is_set()
+
+    @property
+    def assigned(self) -> frozenset[Partition]:
+        """Partitions this member owns now."""
+        return frozenset(self._assigned)
+
+    # -- RebalanceListener -------------------------------------------------------------------
+
+    async def on_revoked(self, partitions: set[Partition]) -> None:
+        """Wait (bounded) for the batch in hand to be delivered and committed."""
+        if not partitions:
+            return
+        self._metrics.inc(Outcome.REBALANCES)
+        self._interrupt.set()
+        try:
+            async with asyncio.timeout(self._settings.rebalance_timeout_s):
+                await self._lock.acquire()
+        except TimeoutError:
+            log.warning(
+                "%s: in-flight work did not finish within %.1fs of a revoke; it will be "
+                "redone by the next owner",
+                self.name,
+                self._settings.rebalance_timeout_s,
+            )
+            self._generation += 1
+            self._assigned -= partitions
+            return
+        try:
+            self._generation += 1
+            self._assigned -= partitions
+        finally:
+            if not self._stopping.is_set():
+                self._interrupt.clear()
+            self._lock.release()
+        log.info("%s: revoked %s", self.name, sorted(partitions))
+
+    async def on_assigned(self, partitions: set[Partition]) -> None:
+        """Record the new assignment (positions come from the committed offsets)."""
+        self._assigned |= partitions
+        log.info("%s: assigned %s", self.name, sorted(partitions))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, consumer: Consumer) -> None:
+        """Poll, handle, deliver, commit until `stop()`; raise on fatal errors."""
+        next_tick = self._clock() + self._settings.tick_interval_s
+        poll_failures = 0
+        while not self._stopping.is_set():
+            generation = self._generation
+            try:
+                records = await consumer.getmany(
+                    self._settings.poll_timeout_s, self._settings.max_batch
+                )
+            except ConsumerStopped:
+                break
+            except BrokerError as exc:
+                if not exc.retriable:
+                    raise
+                poll_failures += 1
+                self._metrics.inc(Outcome.RETRIED)
+                log.warning("%s: poll failed (try %d): %s", self.name, poll_failures, exc)
+                await self._backoff.sleep(poll_failures, self._stopping)
+                continue
+            poll_failures = 0
+            async with self._lock:
+                if records and generation != self._generation:
+                    # A rebalance ran between the fetch and now: positions were reset to the
+                    # committed offsets, so these records will be fetched again.
+                    self._metrics.inc(Outcome.DROPPED_STALE, len(records))
+                    records = []
+                if records:
+                    await self.process_batch(records, consumer)
+                if self._ticker is not None and self._clock() >= next_tick:
+                    await self._tick(self._ticker)
+                    next_tick = self._clock() + self._settings.tick_interval_s
+
+    async def process_batch(self, records: Sequence[ConsumedRecord], consumer: Consumer) -> None:
+        """Handle `records` in order, deliver all outputs, checkpoint, commit.
+
+        Stops taking records when interrupted (stop or revoke): what was started is still
+        delivered and committed; the rest is left uncommitted and is redone later.
+        """
+        self._metrics.inc(Outcome.RECEIVED, len(records))
+        delivery = self._delivery()
+        done: dict[Partition, int] = {}
+        for record in records:
+            if self._interrupt.is_set():
+                break
+            outputs = await self._handle_record(record)
+            if outputs is None or not await delivery.send(outputs):
+                break
+            done[Partition(record.topic, record.partition)] = record.offset + 1
+        if not done:
+            return
+        if not await delivery.confirm():
+            log.warning("%s: delivery interrupted; %d records not committed", self.name, len(done))
+            return
+        if not await self._checkpoint():
+            return
+        await self._commit(consumer, done)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _delivery(self) -> Delivery:
+        return Delivery(self._producer, self._metrics, self._backoff, self._interrupt)
+
+    async def _handle_record(self, record: ConsumedRecord) -> list[EncodedRecord] | None:
+        """The encoded outputs of one record (its dead letter when rejected); None to stop."""
+        try:
+            message = decode(record.value)
+        except SchemaError as exc:
+            return [self._dead_letter(record, None, str(exc), type(exc).__name__)]
+        inbound = InboundRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            message=message,
+            raw=record.value,
+            timestamp_ms=record.timestamp_ms,
+        )
+        attempt = 0
+        while True:
+            try:
+                outputs = await self._handler.handle(inbound)
+                encoded = [encode_outbound(out, self._table) for out in outputs]
+            except InvalidPayload as exc:
+                return [self._dead_letter(record, message, str(exc), type(exc).__name__)]
+            except FedMoEError as exc:
+                if not exc.retriable:
+                    return [self._dead_letter(record, message, str(exc), type(exc).__name__)]
+                attempt += 1
+                self._metrics.inc(Outcome.RETRIED)
+                log.warning(
+                    "%s: %s/%d@%d failed (try %d), will retry: %s",
+                    self.name,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                    exc,
+                )
+                if not await self._backoff.sleep(attempt, self._interrupt):
+                    return None
+                continue
+            except Exception as exc:
+                # A handler bug must not wedge the partition: keep the input, go on.
+                self._metrics.inc(Outcome.HANDLER_ERRORS)
+                log.exception(
+                    "%s: handler raised on %s/%d@%d; dead-lettering it",
+                    self.name,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                reason = f"handler error: {type(exc).__name__}: {exc}"
+                return [self._dead_letter(record, message, reason, type(exc).__name__)]
+            self._metrics.inc(Outcome.HANDLED)
+            return encoded
+
+    def _dead_letter(
+        self, record: ConsumedRecord, message: Message | None, reason: str, error: str
+    ) -> EncodedRecord:
+        self._metrics.inc(Outcome.DEAD_LETTERED)
+        log.warning(
+            "%s: dead letter from %s/%d@%d: %s (%s)",
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error,
+        )
+        letter = dead_letter(
+            source=record.topic,
+            reason=reason,
+            error=error,
+            original=record.value,
+            message_id=f"{record.topic}/{record.partition}/{record.offset}",
+            device_id=message.device_id if message is not None else None,
+            service=self.name,
+            round_=message.round if message is not None else 0,
+            now=self._clock(),
+        )
+        return encode_outbound(Outbound(self._dead_letter_topic, record.topic, letter), self._table)
+
+    async def _tick(self, ticker: Ticker) -> None:
+        self._metrics.inc(Outcome.TICKS)
+        try:
+            outputs: Sequence[Outbound] = await ticker.on_tick(self._clock())
+            encoded = [encode_outbound(out, self._table) for out in outputs]
+        except Exception:
+            # The next tick tries again; a tick has no input to dead-letter.
+            self._metrics.inc(Outcome.TICK_ERRORS)
+            log.exception("%s: on_tick raised", self.name)
+            return
+        if not encoded:
+            return
+        delivery = self._delivery()
+        if await delivery.send(encoded) and await delivery.confirm():
+            await self._checkpoint()
+        else:
+            log.warning("%s: tick outputs interrupted before their acks", self.name)
+
+    async def _checkpoint(self) -> bool:
+        """Run the handler's checkpoint; retriable errors are retried. False: interrupted."""
+        if self._checkpointer is None:
+            return True
+        attempt = 0
+        while True:
+            try:
+                await self._checkpointer.checkpoint()
+            except FedMoEError as exc:
+                if not exc.retriable:
+                    raise ServiceFailed(f"checkpoint failed: {exc}") from exc
+                attempt += 1
+                self._metrics.inc(Outcome.RETRIED)
+                log.warning("%s: checkpoint failed (try %d): %s", self.name, attempt, exc)
+                if not await self._backoff.sleep(attempt, self._interrupt):
+                    return False
+                continue
+            return True
+
+    async def _commit(self, consumer: Consumer, offsets: dict[Partition, int]) -> None:
+        """Commit, retrying retriable failures a few times (bounded by the broker timeouts).
+
+        Not interrupted by stop or revoke: committing finished work is what both want. When
+        it finally fails the records are redone later (duplicates, never losses).
+        """
+        never = asyncio.Event()
+        attempt = 0
+        while True:
+            try:
+                await consumer.commit(offsets)
+            except CommitFailed as exc:
+                # The group moved on; the new owner redoes these records (duplicates only).
+                self._metrics.inc(Outcome.COMMIT_FAILED)
+                log.warning("%s: commit lost to a rebalance: %s", self.name, exc)
+                return
+            except ConsumerStopped:
+                self._metrics.inc(Outcome.COMMIT_FAILED)
+                return
+            except BrokerError as exc:
+                if not exc.retriable:
+                    raise ServiceFailed(f"commit failed for good: {exc}") from exc
+                attempt += 1
+                if attempt > _COMMIT_ATTEMPTS:
+                    self._metrics.inc(Outcome.COMMIT_FAILED)
+                    log.warning("%s: giving up on this commit: %s", self.name, exc)
+                    return
+                self._metrics.inc(Outcome.RETRIED)
+                log.warning("%s: commit failed (try %d): %s", self.name, attempt, exc)
+                await self._backoff.sleep(attempt, never)
+                continue
+            self._metrics.inc(Outcome.COMMITTED)
+            return

@@ -1,0 +1,1 @@
+"""Small programs the integration tests spawn as real processes, and the harness to do so."""
