@@ -13,6 +13,7 @@ that trained it. Layers, bottom up:
 """
 
 from moe.aggregation.aggregator import (
+    VERDICT_REASONS,
     PartAggregator,
     PartSnapshot,
     RoundResult,
@@ -31,6 +32,7 @@ from moe.aggregation.validation import VALIDATION_REASONS, validate_update
 __all__ = [
     "RULE_NAMES",
     "VALIDATION_REASONS",
+    "VERDICT_REASONS",
     "AccumulatorState",
     "AggregationRule",
     "CoordinateMedian",

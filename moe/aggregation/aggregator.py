@@ -10,20 +10,26 @@ Checks run in this order; the first that matches decides:
 
 | status      | reason            | when                                                         |
 |-------------|-------------------|--------------------------------------------------------------|
-| `duplicate` | ``                | (round, device, part) was already applied (in the ledger)    |
+| `rejected`  | `bad-key`         | round/base_version not ints, device id not a non-empty str   |
+| `duplicate` | (none)            | (round, device, part) was already applied (in the ledger)    |
 | `late`      | `stale`           | the round is older than the ledger window                    |
 | `rejected`  | `future-round`    | the round was never opened here (newer than the last opened) |
 | `late`      | `round-closed`    | the round was opened here but is closed (or superseded)      |
 | `rejected`  | `stale`           | base_version < current version: trained from an old version  |
 | `rejected`  | `unknown-version` | base_version > current version                               |
 | `rejected`  | a validation code | see `moe.aggregation.validation`, or `too-many-updates`      |
-| `applied`   | ``                | folded into the round's aggregate and recorded               |
+| `applied`   | (none)            | folded into the round's aggregate and recorded               |
 
-Duplicates are checked first on purpose: a device that resends an applied update after the
-round closed must hear "duplicate" (stop resending, it counted), not "late". Only applied
-updates are recorded, so a refused update can be fixed and resent. Correctness does not depend
-on the ledger window: only the open round ever applies updates, and the open round is always
-inside the window; the window only decides how long "duplicate" can be told from "late".
+Duplicates are checked before round and version on purpose: a device that resends an applied
+update after the round closed must hear "duplicate" (stop resending, it counted), not "late".
+Only applied updates are recorded, so a refused update can be fixed and resent. Correctness
+does not depend on the ledger window: only the open round ever applies updates, and the open
+round is always inside the window; the window only decides how long "duplicate" can be told
+from "late".
+
+`future-round` needs the caller's care: updates and round events travel on different topics,
+so an update can arrive before its RoundOpened. A service should open the round (or hold the
+update) before offering it, since a device drops an update that was answered `rejected`.
 """
 
 from __future__ import annotations
@@ -48,13 +54,23 @@ from moe.aggregation.base import (
 from moe.aggregation.errors import RoundStateError, SnapshotError
 from moe.aggregation.ledger import DEFAULT_WINDOW, UpdateKey, UpdateLedger
 from moe.aggregation.registry import rule_from_plain, rule_to_plain
-from moe.aggregation.validation import check_layout
+from moe.aggregation.validation import VALIDATION_REASONS, check_layout
 from moe.errors import UpdateRejected
 from moe.tensors import PartLayout, PartTensors
 
 VerdictStatus = Literal["applied", "duplicate", "late", "rejected"]
 
 _FORMAT = 1
+
+# Every reason a verdict can carry, e.g. to pre-register metrics labels.
+VERDICT_REASONS = VALIDATION_REASONS | {
+    "bad-key",
+    "stale",
+    "future-round",
+    "round-closed",
+    "unknown-version",
+    "too-many-updates",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +242,12 @@ class PartAggregator:
             True when the round was opened, False for a replay.
 
         Raises:
-            RoundStateError: when an older round is still open; close it first, since its
-                result must be published.
+            RoundStateError: when an older round is still open (close it first, since its
+                result must be published), or `round` is not an int.
         """
+        if not _is_int_like(round):
+            raise RoundStateError(f"{self._part}: round must be an int, got {round!r}")
+        round = int(round)
         if self._last is not None and round <= self._last:
             return False
         if self._open is not None:
@@ -383,6 +402,15 @@ class PartAggregator:
         weight: float,
         base_version: int,
     ) -> Verdict:
+        # The key ends up in the JSON checkpoint, so it must be exactly (int, str): a float or
+        # numpy round would serialise but fail to restore.
+        if not (_is_int_like(round) and _is_int_like(base_version)) or not (
+            isinstance(device_id, str) and device_id
+        ):
+            return Verdict(
+                "rejected", "bad-key", f"round {round!r} device {device_id!r} base {base_version!r}"
+            )
+        round, base_version = int(round), int(base_version)
         key = UpdateKey(round, device_id, self._part)
         where = f"{device_id}/{self._part} round {round}"
         status = self._ledger.check(key)
@@ -422,6 +450,11 @@ def _distance(new: Mapping[str, NDArray[Any]], old: Mapping[str, NDArray[Any]]) 
 
 def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_int_like(x: object) -> bool:
+    # numpy integers are welcome (the simulation computes rounds with numpy); bools are not.
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
 def _mapping(state: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -1,12 +1,15 @@
 """Streaming weighted FedAvg, with optional norm clipping of each update's delta.
 
 The new part is `base + Σ wᵢ·clip(uᵢ − base) / Σ wᵢ`, which without clipping is exactly the
-weighted average `Σ wᵢ·uᵢ / Σ wᵢ` of the updates (McMahan et al., 2017). Only the running
-weighted sum of deltas (float64, one array per parameter) and the total weight are kept, so
-memory is O(parameters) however many devices report: updates are never buffered.
+weighted average `Σ wᵢ·uᵢ / Σ wᵢ` of the updates (McMahan et al., 2017). Only a running
+weighted mean of the deltas (float64, one array per parameter) and the total weight are kept,
+so memory is O(parameters) however many devices report: updates are never buffered.
 
-Summing deltas rather than raw updates keeps float64 sums small (deltas are small next to the
-weights), and it is what clipping needs anyway.
+Why a running mean (`m += wₖ/Wₖ · (dₖ − m)`) rather than a running sum `Σ wᵢ·dᵢ`: it is the
+same streaming state, but independent of the weights' scale, so a tiny weight (which would
+underflow `w·d` to zero) or a huge one (which would overflow the sum) still averages right.
+Deltas rather than raw updates keep the float64 state small next to the weights, and clipping
+needs them anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class FedAvg(AggregationRule):
     def __post_init__(self) -> None:
         if self.max_norm is not None and not (
             isinstance(self.max_norm, int | float)
+            and not isinstance(self.max_norm, bool)
             and math.isfinite(self.max_norm)
             and self.max_norm > 0
         ):
@@ -62,7 +66,7 @@ class FedAvg(AggregationRule):
 
 
 class FedAvgAccumulator(PartAccumulator):
-    """Running weighted sum of (clipped) deltas for one part in one round.
+    """Running weighted mean of (clipped) deltas for one part in one round.
 
     Args:
         base: the part's tensors the round started from (held by reference).
@@ -72,13 +76,13 @@ class FedAvgAccumulator(PartAccumulator):
     def __init__(self, base: PartTensors, max_norm: float | None = None) -> None:
         super().__init__(base)
         self._max_norm = max_norm
-        self._sums = {name: np.zeros(spec.shape, np.float64) for name, spec in self._layout.items()}
+        self._means = {name: np.zeros(s.shape, np.float64) for name, s in self._layout.items()}
         self._clipped = 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the float64 sums: fixed by the layout, independent of the update count."""
-        return sum(int(s.nbytes) for s in self._sums.values())
+        """Bytes of the float64 means: fixed by the layout, independent of the update count."""
+        return sum(int(m.nbytes) for m in self._means.values())
 
     @property
     def clipped(self) -> int:
@@ -90,7 +94,7 @@ class FedAvgAccumulator(PartAccumulator):
         # must not lose the small changes a round makes.
         deltas = {
             name: np.subtract(tensors[name], self._base[name], dtype=np.float64)
-            for name in self._sums
+            for name in self._means
         }
         scale = 1.0
         if self._max_norm is not None:
@@ -98,29 +102,31 @@ class FedAvgAccumulator(PartAccumulator):
             if norm > self._max_norm:
                 scale = self._max_norm / norm
                 self._clipped += 1
-        factor = weight * scale
+        # The base class adds `weight` to the total after this returns; this update's share.
+        share = weight / (self._total_weight + weight)
         for name, delta in deltas.items():
-            delta *= factor
-            self._sums[name] += delta
+            mean = self._means[name]
+            if scale != 1.0:
+                delta *= scale
+            delta -= mean
+            delta *= share
+            mean += delta
 
     def _result(self) -> dict[str, NDArray[Any]]:
-        values: dict[str, NDArray[np.float64]] = {}
-        for name, total in self._sums.items():
-            mean = total / self._total_weight
-            mean += self._base[name]
-            values[name] = mean
-        return cast_like(values, self._base)
+        return cast_like(
+            {name: m + self._base[name] for name, m in self._means.items()}, self._base
+        )
 
     def _state(self) -> tuple[Plain, dict[str, NDArray[Any]]]:
-        return {"clipped": self._clipped}, {name: s.copy() for name, s in self._sums.items()}
+        return {"clipped": self._clipped}, {name: m.copy() for name, m in self._means.items()}
 
     def _load(self, meta: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -> None:
         clipped = meta.get("clipped", 0)
         if isinstance(clipped, bool) or not isinstance(clipped, int) or clipped < 0:
             raise SnapshotError(f"fedavg clipped {clipped!r}")
-        if set(arrays) != set(self._sums):
-            raise SnapshotError(f"fedavg arrays {sorted(arrays)} != {sorted(self._sums)}")
-        self._sums = {
+        if set(arrays) != set(self._means):
+            raise SnapshotError(f"fedavg arrays {sorted(arrays)} != {sorted(self._means)}")
+        self._means = {
             name: check_state_array(arrays, name, spec, "float64")
             for name, spec in self._layout.items()
         }

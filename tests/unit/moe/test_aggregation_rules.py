@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import stats
 
@@ -99,6 +101,29 @@ def test_fedavg_streaming_is_order_independent(seed: int) -> None:
         assert_tensors_close(got, batch)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    weights=st.lists(
+        st.floats(0.0, 1e300) | st.integers(0, 10_000) | st.sampled_from([5e-324, 1e-300]),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_fedavg_streaming_equals_batch_property(seed: int, weights: list[float]) -> None:
+    base = make_base(seed % 7)
+    updates = make_updates(base, len(weights), seed)
+    order = np.random.default_rng(seed).permutation(len(weights))
+    got = run(FedAvg(), base, [updates[i] for i in order], [weights[i] for i in order])
+    if sum(weights) == 0:
+        assert got is None
+        return
+    # The reference, normalised first so that numpy's own sum neither underflows nor overflows.
+    norm = np.asarray(weights, np.float64) / max(weights)
+    want = {n: np.average(stacked(updates, n), axis=0, weights=norm) for n in base}
+    assert_tensors_close(got, want, rtol=1e-5)
+
+
 def test_fedavg_single_update_is_returned_exactly() -> None:
     base = make_base()
     (update,) = make_updates(base, 1, 3)
@@ -161,6 +186,16 @@ def test_refused_update_leaves_fedavg_state_unchanged() -> None:
     assert got is not None
     for name in base:
         np.testing.assert_array_equal(got[name], clean[name])
+
+
+def test_fedavg_is_independent_of_the_weights_scale() -> None:
+    base = make_base()
+    updates = make_updates(base, 3, 17)
+    plain = run(FedAvg(), base, updates, [1.0, 2.0, 3.0])
+    for factor in (5e-324, 1e-300, 1e300):
+        # A running *sum* would underflow w·d to 0 for the tiny weights and overflow for 1e300.
+        scaled = run(FedAvg(), base, updates, [factor, 2 * factor, 3 * factor])
+        assert_tensors_close(scaled, plain)
 
 
 def test_fedavg_rejects_total_weight_overflow() -> None:
