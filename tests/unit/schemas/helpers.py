@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
 import schemas
@@ -139,3 +140,16 @@ def samples() -> list[schemas.Message]:
             original_size=2,
         ),
     ]
+
+
+def raw(message: schemas.Message) -> dict[str, Any]:
+    """The envelope of `message` as plain msgpack values (tensors stay `msgpack.ExtType`)."""
+    obj = msgpack.unpackb(schemas.encode(message), ext_hook=msgpack.ExtType)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def pack(obj: object) -> bytes:
+    """Packs any msgpack value the way a (possibly hostile) producer would."""
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
