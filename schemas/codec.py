@@ -113,7 +113,10 @@ def _scalar(kind: type) -> tuple[_Encoder, _Decoder]:
         if type(value) is bool and kind is not bool:
             raise InvalidFieldError(f"{path}: expected {kind.__name__}, got bool")
         if kind is float and isinstance(value, int | float):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError as exc:
+                raise InvalidFieldError(f"{path}: {value!r:.40} does not fit a float") from exc
         if not isinstance(value, kind):
             raise InvalidFieldError(f"{path}: expected {kind.__name__}, got {_tname(value)}")
         return value

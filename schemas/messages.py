@@ -34,8 +34,17 @@ def _check(cond: bool, cls: str, what: str) -> None:
         raise InvalidFieldError(f"{cls}: {what}")
 
 
+def _text(x: object, max_len: int) -> bool:
+    return isinstance(x, str) and len(x) <= max_len
+
+
 def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _is_int(x: object) -> bool:
@@ -45,6 +54,8 @@ def _is_int(x: object) -> bool:
 
 def valid_part_id(part: str, num_experts: int = MAX_EXPERTS) -> bool:
     """`shared` or `expert-<i>` with 0 <= i < num_experts."""
+    if not isinstance(part, str):
+        return False
     if part == "shared":
         return True
     if not part.startswith("expert-"):
@@ -157,7 +168,7 @@ class DeviceStatus(Message):
 
     def _validate_body(self) -> None:
         _check(isinstance(self.online, bool), "DeviceStatus", "online must be a bool")
-        _check(len(self.reason) <= MAX_REASON_CHARS, "DeviceStatus", "reason too long")
+        _check(_text(self.reason, MAX_REASON_CHARS), "DeviceStatus", "reason too long")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,10 +299,10 @@ class UpdateAck(Message):
 
     def _validate_body(self) -> None:
         n = "UpdateAck"
-        _check(0 < len(self.update_id) <= MAX_ID_CHARS, n, "update_id length")
+        _check(_text(self.update_id, MAX_ID_CHARS) and self.update_id != "", n, "update_id length")
         _check(valid_part_id(self.part), n, f"part {self.part!r}")
-        _check(self.status in UPDATE_STATUSES, n, f"status {self.status!r}")
-        _check(len(self.reason) <= MAX_REASON_CHARS, n, "reason too long")
+        _check(isinstance(self.status, str) and self.status in UPDATE_STATUSES, n, "status")
+        _check(_text(self.reason, MAX_REASON_CHARS), n, "reason too long")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,7 +391,7 @@ class RoundOpened(Message):
         n = "RoundOpened"
         _check(_finite(self.deadline), n, "deadline")
         _check(_is_int(self.devices) and self.devices >= 0, n, "devices >= 0")
-        _check(len(self.strategy) <= MAX_REASON_CHARS, n, "strategy too long")
+        _check(_text(self.strategy, MAX_REASON_CHARS), n, "strategy too long")
         _check(len(self.expected_parts) <= MAX_PARTS, n, "expected_parts too long")
         for k, v in self.expected_parts.items():
             _check(valid_part_id(k) and _is_int(v) and v >= 0, n, f"expected_parts[{k!r}]")
@@ -417,7 +428,7 @@ class RoundClosed(Message):
 
     def _validate_body(self) -> None:
         n = "RoundClosed"
-        _check(len(self.reason) <= MAX_REASON_CHARS, n, "reason too long")
+        _check(_text(self.reason, MAX_REASON_CHARS), n, "reason too long")
         _check(_is_int(self.parts_closed) and self.parts_closed >= 0, n, "parts_closed >= 0")
 
 
@@ -462,9 +473,9 @@ class DeadLetter(Message):
             n,
             "original_size must be >= len(original)",
         )
-        _check(len(self.reason) <= 4 * MAX_REASON_CHARS, n, "reason too long")
-        _check(len(self.source) <= MAX_REASON_CHARS, n, "source too long")
-        _check(len(self.error) <= MAX_REASON_CHARS, n, "error too long")
+        _check(_text(self.reason, 4 * MAX_REASON_CHARS), n, "reason too long")
+        _check(_text(self.source, 4 * MAX_REASON_CHARS), n, "source too long")
+        _check(_text(self.error, MAX_REASON_CHARS), n, "error too long")
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (

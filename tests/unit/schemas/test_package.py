@@ -141,3 +141,21 @@ def test_part_ids() -> None:
     for bad in ("expert-1024", "expert-01", "expert-", "expert-²", "expert-٣", "expert--1"):
         assert not schemas.valid_part_id(bad), bad
     assert not schemas.valid_part_id("expert-" + "9" * 5000)
+
+
+def test_constructors_raise_invalid_field_not_type_or_overflow_errors() -> None:
+    with pytest.raises(schemas.InvalidFieldError, match="deadline"):
+        schemas.RoundOpened(
+            **ENV,
+            deadline=10**400,  # too large for a float
+            strategy="fitness",
+            devices=0,
+            expected_parts={},
+            model_versions={},
+        )
+    with pytest.raises(schemas.InvalidFieldError, match="reason"):
+        schemas.DeviceStatus(**ENV, online=True, reason=5)  # type: ignore[arg-type]
+    with pytest.raises(schemas.InvalidFieldError, match="part"):
+        schemas.UpdateAck(**ENV, update_id="u", part=3, status="applied")  # type: ignore[arg-type]
+    with pytest.raises(schemas.InvalidFieldError, match="status"):
+        schemas.UpdateAck(**ENV, update_id="u", part="shared", status=[])  # type: ignore[arg-type]
