@@ -145,9 +145,7 @@ class ConsumeLoop:
         while not self._stopping.is_set():
             generation = self._generation
             try:
-                records = await consumer.getmany(
-                    self._settings.poll_timeout_s, self._settings.max_batch
-                )
+                records = await self._poll(consumer)
             except ConsumerStopped:
                 break
             except BrokerError as exc:
@@ -155,6 +153,8 @@ class ConsumeLoop:
                     raise
                 poll_failures += 1
                 self._metrics.inc(Outcome.RETRIED)
+                # aiokafka's getmany also waits out a group rebalance, which may take up to the
+                # session timeout; the adapter's timeout turns a long one into this retry.
                 log.warning("%s: poll failed (try %d): %s", self.name, poll_failures, exc)
                 await self._backoff.sleep(poll_failures, self._stopping)
                 continue
@@ -170,6 +170,23 @@ class ConsumeLoop:
                 if self._ticker is not None and self._clock() >= next_tick:
                     await self._tick(self._ticker)
                     next_tick = self._clock() + self._settings.tick_interval_s
+
+    async def _poll(self, consumer: Consumer) -> list[ConsumedRecord]:
+        """One `getmany`, abandoned (nothing lost: no records were handed out) on stop."""
+        fetch = asyncio.ensure_future(
+            consumer.getmany(self._settings.poll_timeout_s, self._settings.max_batch)
+        )
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not fetch.done():
+                fetch.cancel()
+        await asyncio.wait({fetch})  # let a cancelled fetch unwind (it never raises here)
+        if fetch.cancelled():
+            return []
+        return fetch.result()
 
     async def process_batch(self, records: Sequence[ConsumedRecord], consumer: Consumer) -> None:
         """Handle `records` in order, deliver all outputs, checkpoint, commit.

@@ -1,0 +1,37 @@
+"""`fedmoe service <name> [flags]`: run one microservice process.
+
+Each service lives in `services/<name>/app.py` with `main(argv) -> int`; it is imported only
+when asked for. Add a service by adding a line to `SERVICES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+SERVICES: dict[str, tuple[str, str]] = {
+    "gateway": ("services.gateway.app", "MQTT ↔ Kafka bridge: devices in, assignments/model out"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: fedmoe service <name> [flags]   (fedmoe service <name> --help)", ""]
+    lines.append("services:")
+    lines += [f"  {name:<13} {text}" for name, (_, text) in SERVICES.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Dispatch to `services.<name>.app:main(rest)`."""
+    args = list(argv)
+    if not args or args[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SERVICES:
+        print(f"fedmoe service: unknown service {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SERVICES[name][0])
+    code: int = module.main(rest)
+    return code

@@ -1,0 +1,181 @@
+"""The gateway's decisions, pure: no aiokafka, no aiomqtt, no clock, no I/O.
+
+MQTT → Kafka (`route_inbound`): which device topic a message came in on, whether it passes the
+cheap checks (size, decodable, schema version, message type for the topic, device id in the
+topic = device id in the payload), and what to produce for it:
+
+    {root}/{dev}/telemetry  Telemetry     → Kafka `telemetry`, key = device id
+    {root}/{dev}/status     DeviceStatus  → Kafka `telemetry`, key = device id
+    {root}/{dev}/update     ModelUpdate   → Kafka `updates`, one PartUpdate per part,
+                                            message id f"{update_id}/{part}", key = part id
+
+Anything else is a `Reject` (→ dead letter) with a reason. A device id mismatch is treated as
+hostile (a device speaking for another) and rejected like garbage.
+
+Kafka → MQTT (`route_outbound`): where a record of `assignments`, `acks` or `model` goes:
+
+    assignments  Assignment   → {root}/{device}/assignment   QoS 1
+    acks         UpdateAck    → {root}/{device}/ack          QoS 1
+    model        PartVersion  → {root}/model/{part}          QoS 1, retained
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas import decode
+from schemas.errors import OversizeError, SchemaError
+from schemas.limits import MAX_ID_CHARS, MAX_MESSAGE_BYTES
+from schemas.messages import (
+    Assignment,
+    DeviceStatus,
+    Message,
+    ModelUpdate,
+    PartUpdate,
+    PartVersion,
+    Telemetry,
+    UpdateAck,
+)
+from schemas.topics import RESERVED_DEVICE_IDS, MqttTopic, Topic, TopicTable, valid_segment
+from services.handler import Outbound
+
+
+class InboundKind(StrEnum):
+    """The device topics the gateway listens to (the last topic segment)."""
+
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    UPDATE = "update"
+
+
+_PATTERNS = {
+    InboundKind.TELEMETRY: MqttTopic.TELEMETRY,
+    InboundKind.STATUS: MqttTopic.STATUS,
+    InboundKind.UPDATE: MqttTopic.UPDATE,
+}
+_EXPECTED: dict[InboundKind, type[Message]] = {
+    InboundKind.TELEMETRY: Telemetry,
+    InboundKind.STATUS: DeviceStatus,
+    InboundKind.UPDATE: ModelUpdate,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Produce `outputs` (all of them acknowledged before the device's PUBACK)."""
+
+    kind: InboundKind
+    device: str
+    message: Message
+    outputs: tuple[Outbound, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Dead-letter the input: `reason` for people, `error` the error class name."""
+
+    reason: str
+    error: str
+    device: str | None = None
+
+
+def subscriptions(table: TopicTable, share_group: str | None) -> list[str]:
+    """The MQTT filters to subscribe to; `$share/{group}/...` when `share_group` is given."""
+    filters = [table.mqtt(pattern) for pattern in _PATTERNS.values()]
+    if share_group is None:
+        return filters
+    if not valid_segment(share_group):
+        raise ValueError(f"bad share group name {share_group!r}")
+    return [f"$share/{share_group}/{f}" for f in filters]
+
+
+def parse_device_topic(table: TopicTable, topic: str) -> tuple[str, InboundKind] | None:
+    """(device id, kind) of `{root}/{device}/{kind}`, or None for any other topic."""
+    device = table.mqtt_device_of(topic)
+    if device is None or not valid_segment(device):
+        return None
+    kind = topic.rsplit("/", 1)[-1]
+    try:
+        return device, InboundKind(kind)
+    except ValueError:
+        return None
+
+
+def split_update(update: ModelUpdate) -> tuple[PartUpdate, ...]:
+    """One `PartUpdate` per part (message id `{update_id}/{part}`). Raises `SchemaError`."""
+    total = len(update.parts)
+    return tuple(
+        PartUpdate(
+            message_id=f"{update.message_id}/{part.part}",
+            device_id=update.device_id,
+            round=update.round,
+            timestamp=update.timestamp,
+            update_id=update.message_id,
+            parts_total=total,
+            num_samples=update.num_samples,
+            payload=part,
+        )
+        for part in update.parts
+    )
+
+
+def route_inbound(table: TopicTable, topic: str, payload: bytes) -> Forward | Reject:
+    """What to do with one MQTT message from a device (see the module docstring)."""
+    parsed = parse_device_topic(table, topic)
+    if parsed is None:
+        return Reject(f"not a device topic: {topic[:MAX_ID_CHARS]!r}", "UnknownTopic")
+    device, kind = parsed
+    if len(payload) > MAX_MESSAGE_BYTES:
+        reason = f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}"
+        return Reject(reason, OversizeError.__name__, device)
+    try:
+        message = decode(payload)
+    except SchemaError as exc:
+        return Reject(str(exc), type(exc).__name__, device)
+    expected = _EXPECTED[kind]
+    if type(message) is not expected:
+        reason = f"{type(message).__name__} on a {kind.value} topic (expected {expected.__name__})"
+        return Reject(reason, "WrongMessageType", device)
+    if message.device_id != device:
+        reason = f"device id {message.device_id!r} in payload, {device!r} in topic"
+        return Reject(reason, "DeviceMismatch", device)
+    if isinstance(message, ModelUpdate):
+        try:
+            parts = split_update(message)
+        except SchemaError as exc:
+            return Reject(f"cannot split update: {exc}", type(exc).__name__, device)
+        outputs = tuple(Outbound(Topic.UPDATES, p.payload.part, p) for p in parts)
+        return Forward(kind, device, message, outputs)
+    return Forward(kind, device, message, (Outbound(Topic.TELEMETRY, device, message),))
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish the record's bytes on `topic` (QoS 1), retained or not."""
+
+    topic: str
+    retain: bool
+
+
+def route_outbound(table: TopicTable, kafka_topic: str, message: Message) -> Publish | Reject:
+    """Where a record read from `assignments`, `acks` or `model` goes on MQTT."""
+    if kafka_topic == table.name(Topic.MODEL):
+        if not isinstance(message, PartVersion):
+            return Reject(f"{type(message).__name__} on model", "WrongMessageType")
+        return Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)
+    pattern: MqttTopic
+    if kafka_topic == table.name(Topic.ASSIGNMENTS):
+        expected: type[Message] = Assignment
+        pattern = MqttTopic.ASSIGNMENT
+    elif kafka_topic == table.name(Topic.ACKS):
+        expected = UpdateAck
+        pattern = MqttTopic.ACK
+    else:
+        return Reject(f"the gateway does not forward {kafka_topic!r}", "UnknownTopic")
+    if type(message) is not expected:
+        return Reject(f"{type(message).__name__} on {kafka_topic}", "WrongMessageType")
+    device = message.device_id
+    if device in RESERVED_DEVICE_IDS or not valid_segment(device):
+        return Reject(f"device id {device!r} cannot be an MQTT topic segment", "BadDeviceId")
+    return Publish(table.mqtt(pattern, device=device), retain=False)

@@ -1,0 +1,66 @@
+"""`GatewaySettings` (`FEDMOE_GATEWAY_*`); broker and runtime knobs come from their own classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedmoe.errors import SettingsError
+from fedmoe.settings import setting
+from schemas.topics import valid_segment
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """One gateway instance: its MQTT identity and how it shares the load with others."""
+
+    client_id: str = setting(
+        "FEDMOE_GATEWAY_CLIENT_ID",
+        "gateway-1",
+        "MQTT client id: unique per gateway instance and stable across restarts "
+        "(the persistent session, with its unacknowledged messages, is bound to it)",
+    )
+    group_id: str = setting(
+        "FEDMOE_GATEWAY_GROUP_ID", "gateway", "Kafka consumer group of the Kafka→MQTT side"
+    )
+    share_group: str = setting(
+        "FEDMOE_GATEWAY_SHARE_GROUP",
+        "gateway",
+        "MQTT 5 shared-subscription group ($share/<group>/...) the gateways split devices over",
+    )
+    shared_subscription: bool = setting(
+        "FEDMOE_GATEWAY_SHARED_SUBSCRIPTION",
+        True,
+        "subscribe through $share/<group>/ (off: every gateway gets every message)",
+    )
+    session_expiry_s: int = setting(
+        "FEDMOE_GATEWAY_SESSION_EXPIRY_S",
+        3600,
+        "how long the broker keeps the gateway's session (and its queued messages) offline",
+    )
+    window: int = setting(
+        "FEDMOE_GATEWAY_WINDOW",
+        64,
+        "MQTT messages in flight before their PUBACK (Receive Maximum; Kafka acks awaited)",
+    )
+    keepalive_s: int = setting("FEDMOE_GATEWAY_KEEPALIVE_S", 30, "MQTT keepalive, seconds")
+    reconnect_max_s: float = setting(
+        "FEDMOE_GATEWAY_RECONNECT_MAX_S", 10.0, "cap of the MQTT reconnect backoff, seconds"
+    )
+
+    def __post_init__(self) -> None:
+        if not valid_segment(self.client_id):
+            raise SettingsError(f"FEDMOE_GATEWAY_CLIENT_ID: {self.client_id!r} is not a valid id")
+        if not self.group_id:
+            raise SettingsError("FEDMOE_GATEWAY_GROUP_ID must not be empty")
+        if not valid_segment(self.share_group):
+            raise SettingsError(
+                f"FEDMOE_GATEWAY_SHARE_GROUP: {self.share_group!r} is not a valid name"
+            )
+        if self.session_expiry_s < 1:
+            raise SettingsError("FEDMOE_GATEWAY_SESSION_EXPIRY_S must be >= 1")
+        if not 1 <= self.window <= 65535:
+            raise SettingsError("FEDMOE_GATEWAY_WINDOW must be 1..65535")
+        if self.keepalive_s < 1:
+            raise SettingsError("FEDMOE_GATEWAY_KEEPALIVE_S must be >= 1")
+        if not self.reconnect_max_s > 0:
+            raise SettingsError("FEDMOE_GATEWAY_RECONNECT_MAX_S must be > 0")

@@ -1,0 +1,249 @@
+"""The gateway against real Mosquitto and Tansu: no update lost across a SIGKILL (manual
+PUBACK + persistent session), hostile input dead-lettered, Kafka → MQTT delivery and the
+retained model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import pytest
+
+from brokers.mqtt import mqtt_client
+from brokers.settings import BrokerSettings
+from schemas import (
+    Assignment,
+    DeadLetter,
+    DeviceStatus,
+    Message,
+    ModelUpdate,
+    PartPayload,
+    PartUpdate,
+    PartVersion,
+    Telemetry,
+    decode,
+    encode,
+)
+from schemas.topics import MqttTopic, Topic
+from services.gateway.app import Gateway
+from services.gateway.settings import GatewaySettings
+from services.runtime import RuntimeSettings
+from tests.integration.programs.harness import (
+    ServiceProcess,
+    TopicCollector,
+    broker_environ,
+    produce,
+)
+
+N_UPDATES = 500
+
+
+@pytest.fixture
+def broker(broker_env: BrokerSettings) -> BrokerSettings:
+    """The test's brokers with an MQTT root of its own: persistent gateway sessions of earlier
+    tests (same share group) must not take a share of this test's messages."""
+    return dataclasses.replace(broker_env, mqtt_root=broker_env.namespace)
+
+
+def _update(i: int, device: str = "dev-1") -> ModelUpdate:
+    parts = tuple(
+        PartPayload(
+            part=name,
+            base_version=0,
+            weight=1.0,
+            loss=0.5,
+            tensors={"w": np.full((2, 2), i, dtype=np.float32)},
+        )
+        for name in ("shared", f"expert-{i % 4}")
+    )
+    return ModelUpdate(
+        message_id=f"u-{i}",
+        device_id=device,
+        round=1,
+        timestamp=float(i),
+        num_samples=8,
+        train_seconds=0.1,
+        parts=parts,
+    )
+
+
+@asynccontextmanager
+async def _device(broker: BrokerSettings, client_id: str) -> AsyncIterator[aiomqtt.Client]:
+    async with mqtt_client(broker, client_id=client_id, persistent=True) as client:
+        yield client
+
+
+async def _wait_ready(
+    broker: BrokerSettings, device: aiomqtt.Client, telemetry: TopicCollector, timeout_s: float
+) -> None:
+    """Publish status probes until one reaches Kafka: the gateway is subscribed and working
+    (before it subscribed, the broker had nobody to queue the device's messages for)."""
+    table = broker.topic_table()
+    async with asyncio.timeout(timeout_s):
+        for n in range(10**6):
+            probe = DeviceStatus(
+                message_id=f"probe-{n}", device_id="dev-1", round=0, timestamp=1.0, online=True
+            )
+            topic = table.mqtt(MqttTopic.STATUS, device="dev-1")
+            await device.publish(topic, encode(probe), qos=1)
+            try:
+                await telemetry.wait_until(
+                    lambda ms, mid=probe.message_id: any(m.message_id == mid for m in ms),
+                    0.5,
+                    "probe",
+                )
+            except AssertionError:
+                continue
+            return
+
+
+def _metrics(log_text: str) -> dict[str, object]:
+    lines = re.findall(r"metrics (\{.*\})", log_text)
+    return dict(json.loads(lines[-1])) if lines else {}
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_mid_stream_loses_no_update(broker: BrokerSettings, tmp_path: Path) -> None:
+    table = broker.topic_table()
+    env = broker_environ(
+        broker,
+        FEDMOE_GATEWAY_CLIENT_ID=f"gw-{broker.namespace}",
+        FEDMOE_GATEWAY_GROUP_ID=f"gw-{broker.namespace}",
+        FEDMOE_RUNTIME_SESSION_TIMEOUT_S="6",
+        FEDMOE_RUNTIME_METRICS_INTERVAL_S="2",
+    )
+    gateway = ServiceProcess(["-m", "fedmoe.cli", "service", "gateway"], env, tmp_path / "gw.log")
+    update_topic = table.mqtt(MqttTopic.UPDATE, device="dev-1")
+
+    def distinct_updates(ms: list[Message]) -> set[str]:
+        return {m.update_id for m in ms if isinstance(m, PartUpdate)}
+
+    async with (
+        TopicCollector(broker, table.name(Topic.UPDATES)) as updates,
+        TopicCollector(broker, table.name(Topic.TELEMETRY)) as telemetry,
+        _device(broker, f"dev-{broker.namespace}") as device,
+    ):
+        try:
+            await gateway.start()
+            await _wait_ready(broker, device, telemetry, 60)
+
+            async def publish_all() -> None:
+                for i in range(N_UPDATES):
+                    await device.publish(update_topic, encode(_update(i)), qos=1)
+                    await asyncio.sleep(0.003)  # a device's pace, so the kill lands mid-stream
+
+            publisher = asyncio.create_task(publish_all(), name="device:publish")
+            await updates.wait_until(lambda ms: len(distinct_updates(ms)) >= 100, 60, "100")
+            await gateway.kill()
+            at_kill = len(distinct_updates(updates.messages))
+            await gateway.start()
+            await asyncio.wait_for(publisher, 60)
+            await updates.wait_until(
+                lambda ms: len(distinct_updates(ms)) == N_UPDATES, 90, "every update"
+            )
+            assert await gateway.terminate() == 0
+        except BaseException:
+            print(gateway.log_text()[-8000:])
+            raise
+    parts = [m for m in updates.messages if isinstance(m, PartUpdate)]
+    ids = [m.message_id for m in parts]
+    duplicates = len(ids) - len(set(ids))
+    print(
+        f"\ngateway SIGKILL: {N_UPDATES} updates published, {len(distinct_updates(parts))} "
+        f"reached Kafka; {len(set(ids))} distinct part records of {len(ids)} "
+        f"({duplicates} duplicates); killed after {at_kill} updates; "
+        f"after restart: {_metrics(gateway.log_text())}"
+    )
+    assert len(set(ids)) == 2 * N_UPDATES
+    assert 0 < at_kill < N_UPDATES, "the kill must land mid-stream"
+    assert {m.payload.part for m in parts if m.update_id == "u-5"} == {"shared", "expert-1"}
+    assert all(k in {b"shared", b"expert-0", b"expert-1", b"expert-2", b"expert-3"}
+               for k in updates.keys)  # fmt: skip
+
+
+@pytest.mark.timeout(90)
+async def test_hostile_input_dead_letters_and_kafka_reaches_devices(
+    broker: BrokerSettings,
+) -> None:
+    table = broker.topic_table()
+    settings = GatewaySettings(client_id=f"gw-{broker.namespace}", group_id="gw-egress")
+    runtime = RuntimeSettings(poll_timeout_s=0.2, session_timeout_s=6.0, drain_timeout_s=10.0)
+    hostile = _update(1, device="dev-2")  # payload says dev-2, topic says dev-1
+    garbage = b"\xde\xad\xbe\xef" * 10
+    good = Telemetry(
+        message_id="t-1", device_id="dev-1", round=1, timestamp=2.0, device_type=0,
+        compute_ms_per_sample=1.0, bandwidth_kbps=10.0, memory_mb=32.0, battery=1.0,
+        num_samples=5, routing_histogram=(1.0,),
+    )  # fmt: skip
+    assignment = Assignment(
+        message_id="a-1", device_id="dev-1", round=3, timestamp=3.0, experts=(1, 2),
+        deadline=100.0, model_versions={"expert-1": 0},
+    )  # fmt: skip
+    version = PartVersion(
+        message_id="v-1", device_id="aggregator", round=3, timestamp=3.0, part="expert-2",
+        version=4, layout_version=1, tensors={"w": np.ones((2, 2), dtype=np.float32)},
+    )  # fmt: skip
+    async with (
+        TopicCollector(broker, table.name(Topic.DEAD_LETTER)) as letters,
+        TopicCollector(broker, table.name(Topic.TELEMETRY)) as telemetry,
+        Gateway(broker, settings, runtime) as gateway,
+        _device(broker, f"dev-{broker.namespace}") as device,
+    ):
+        await asyncio.wait_for(gateway.connected.wait(), 30)
+        await device.subscribe(table.mqtt(MqttTopic.ASSIGNMENT, device="dev-1"), qos=1)
+        update_topic = table.mqtt(MqttTopic.UPDATE, device="dev-1")
+        await device.publish(update_topic, encode(hostile), qos=1)
+        await device.publish(update_topic, garbage, qos=1)
+        await device.publish(table.mqtt(MqttTopic.TELEMETRY, device="dev-1"), encode(good), qos=1)
+        await letters.wait_until(lambda ms: len(ms) >= 2, 30, "two dead letters")
+        await telemetry.wait_until(lambda ms: any(m.message_id == "t-1" for m in ms), 30, "t-1")
+
+        # Kafka → MQTT: an assignment reaches the device's topic.
+        await produce(broker, table.name(Topic.ASSIGNMENTS), [(b"dev-1", encode(assignment))])
+        async with asyncio.timeout(30):
+            async for message in device.messages:
+                assert isinstance(message.payload, bytes)
+                received = decode(message.payload)
+                if received.message_id == "a-1":
+                    break
+        assert received == assignment
+
+        # A part version is retained: a subscriber arriving after it was published gets it.
+        await device.subscribe(table.mqtt(MqttTopic.MODEL), qos=1)
+        await produce(broker, table.name(Topic.MODEL), [(b"expert-2", encode(version))])
+        async with asyncio.timeout(30):  # first the live delivery: now it is published
+            async for message in device.messages:
+                assert isinstance(message.payload, bytes)
+                if decode(message.payload).message_id == "v-1":
+                    break
+        async with (
+            mqtt_client(broker, client_id=f"late-{broker.namespace}", persistent=False) as late,
+            asyncio.timeout(30),
+        ):
+            await late.subscribe(table.mqtt(MqttTopic.MODEL), qos=1)
+            async for message in late.messages:
+                assert isinstance(message.payload, bytes)
+                retained = decode(message.payload)
+                assert message.retain
+                break
+        assert isinstance(retained, PartVersion)
+        assert retained.version == 4
+        gateway.stop()
+        await asyncio.wait_for(gateway.wait(), 30)
+    by_error = {d.error: d for d in letters.messages if isinstance(d, DeadLetter)}
+    assert by_error["DeviceMismatch"].original == encode(hostile)
+    assert by_error["DeviceMismatch"].source == update_topic
+    (garbage_letter,) = [d for e, d in by_error.items() if e != "DeviceMismatch"]
+    assert garbage_letter.original == garbage
+    assert garbage_letter.error.endswith("Error")
+    snap = gateway.metrics.snapshot()
+    assert snap["dead_lettered"] == 2
+    assert snap["published"] == 2
+    assert snap["pubacked"] >= 3
