@@ -116,19 +116,27 @@ class Consumer(Protocol):
         ...
 
 
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # aiokafka's BrokerResponseError.__str__ needs an errno it may lack
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def translate(exc: BaseException, what: str) -> BrokerError:
     """Our error for an aiokafka (or timeout) error raised while doing `what`."""
     if isinstance(exc, BrokerError):
         return exc
     if isinstance(exc, CommitFailedError):
-        return CommitFailed(f"{what}: {exc}")
+        return CommitFailed(f"{what}: {_describe(exc)}")
     if isinstance(exc, ConsumerStoppedError):
         return ConsumerStopped(f"{what}: consumer stopped")
     if isinstance(exc, (TimeoutError, KafkaTimeoutError, RequestTimedOutError)):
         return BrokerTimeout(f"{what}: timed out ({type(exc).__name__})")
     if isinstance(exc, KafkaError) and exc.retriable:
-        return BrokerUnavailable(f"{what}: {type(exc).__name__}: {exc}")
-    return BrokerError(f"{what}: {type(exc).__name__}: {exc}")
+        return BrokerUnavailable(f"{what}: {_describe(exc)}")
+    return BrokerError(f"{what}: {_describe(exc)}")
 
 
 @contextlib.asynccontextmanager

@@ -82,6 +82,7 @@ class ConsumeLoop:
         self._interrupt = asyncio.Event()
         self._stopping = asyncio.Event()
         self._generation = 0  # bumped on every revoke: fetched-before records are stale
+        self._revokes_waiting = 0  # revokes waiting for the batch in hand
         self._assigned: set[Partition] = set()
 
     # -- control -----------------------------------------------------------------------------
@@ -109,9 +110,12 @@ class ConsumeLoop:
             return
         self._metrics.inc(Outcome.REBALANCES)
         self._interrupt.set()
+        self._revokes_waiting += 1
+        acquired = False
         try:
             async with asyncio.timeout(self._settings.rebalance_timeout_s):
                 await self._lock.acquire()
+            acquired = True
         except TimeoutError:
             log.warning(
                 "%s: in-flight work did not finish within %.1fs of a revoke; it will be "
@@ -119,16 +123,12 @@ class ConsumeLoop:
                 self.name,
                 self._settings.rebalance_timeout_s,
             )
-            self._generation += 1
-            self._assigned -= partitions
-            return
-        try:
-            self._generation += 1
-            self._assigned -= partitions
         finally:
-            if not self._stopping.is_set():
-                self._interrupt.clear()
-            self._lock.release()
+            self._revokes_waiting -= 1
+            self._generation += 1
+            self._assigned -= partitions
+            if acquired:
+                self._lock.release()
         log.info("%s: revoked %s", self.name, sorted(partitions))
 
     async def on_assigned(self, partitions: set[Partition]) -> None:
@@ -160,6 +160,8 @@ class ConsumeLoop:
                 continue
             poll_failures = 0
             async with self._lock:
+                if not self._stopping.is_set() and self._revokes_waiting == 0:
+                    self._interrupt.clear()  # a revoke that interrupted the last batch is over
                 if records and generation != self._generation:
                     # A rebalance ran between the fetch and now: positions were reset to the
                     # committed offsets, so these records will be fetched again.

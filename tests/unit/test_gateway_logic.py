@@ -364,3 +364,46 @@ async def test_ingress_stop_leaves_unacknowledged_messages_without_puback() -> N
 
 def test_broker_settings_give_the_same_table() -> None:
     assert BrokerSettings(namespace="unit").topic_table() == TABLE
+
+
+def test_mqtt_errors_are_translated() -> None:
+    import aiomqtt
+    from aiomqtt.exceptions import MqttConnectError
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from brokers.errors import BrokerError, BrokerTimeout
+    from brokers.mqtt import translate
+
+    lost = translate(aiomqtt.MqttCodeError(7, "Unexpected disconnection"), "publish x")
+    assert isinstance(lost, BrokerUnavailable)
+    assert isinstance(translate(aiomqtt.MqttError("Operation timed out"), "sub"), BrokerTimeout)
+    assert isinstance(translate(OSError("refused"), "connect"), BrokerUnavailable)
+    bad_login = MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x86))
+    refused = translate(bad_login, "connect")
+    assert type(refused) is BrokerError
+    assert not refused.retriable
+    busy = translate(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x89)), "c")
+    assert isinstance(busy, BrokerUnavailable)
+
+
+def test_service_command_lists_services_and_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedmoe.commands.service import main as service_main
+
+    assert service_main(["--help"]) == 0
+    assert "gateway" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        service_main(["gateway", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for env in (
+        "FEDMOE_GATEWAY_CLIENT_ID",
+        "FEDMOE_GATEWAY_SHARE_GROUP",
+        "FEDMOE_KAFKA_BOOTSTRAP",
+        "FEDMOE_MQTT_URL",
+        "FEDMOE_RUNTIME_MAX_BATCH",
+    ):
+        assert env in text
+    assert service_main(["nope"]) == 2
+    assert service_main(["gateway", "--window", "0"]) == 2
+    assert "FEDMOE_GATEWAY_WINDOW" in capsys.readouterr().err

@@ -4,6 +4,7 @@ retries, interruption by stop and revoke, ticks and checkpoints."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -497,3 +498,79 @@ async def test_consumer_stopped_ends_the_loop() -> None:
 
     loop = make_loop(EchoHandler(), FakeProducer([]))
     await asyncio.wait_for(loop.run(Stopped([])), 1)
+
+
+def _kafka_error_classes() -> list[type[Exception]]:
+    import aiokafka.errors as kafka_errors
+
+    found = []
+    for value in vars(kafka_errors).values():
+        if isinstance(value, type) and issubclass(value, kafka_errors.KafkaError):
+            found.append(value)
+    return found
+
+
+@pytest.mark.parametrize("cls", _kafka_error_classes(), ids=lambda c: c.__name__)
+def test_every_kafka_error_is_translated_keeping_retriable(cls: type[Exception]) -> None:
+    from aiokafka.errors import CommitFailedError, KafkaTimeoutError, RequestTimedOutError
+
+    from brokers.errors import BrokerTimeout
+    from brokers.kafka import CommitFailed, translate
+
+    try:
+        exc = cls()
+    except TypeError:
+        exc = cls("x")
+    ours = translate(exc, "op")
+    assert isinstance(ours, BrokerError)
+    assert str(ours).startswith("op")
+    if issubclass(cls, CommitFailedError):
+        assert isinstance(ours, CommitFailed)
+        assert not ours.retriable
+    elif issubclass(cls, KafkaTimeoutError | RequestTimedOutError):
+        assert isinstance(ours, BrokerTimeout)
+    else:
+        assert ours.retriable == bool(getattr(cls, "retriable", False))
+        assert isinstance(ours, BrokerUnavailable) == ours.retriable
+
+
+def test_asyncio_timeouts_become_broker_timeouts() -> None:
+    from brokers.errors import BrokerTimeout
+    from brokers.kafka import translate
+
+    assert isinstance(translate(TimeoutError(), "fetch"), BrokerTimeout)
+
+
+async def test_a_revoke_that_times_out_does_not_wedge_the_loop() -> None:
+    log: list[str] = []
+    changed = asyncio.Event()
+    producer = FakeProducer(log, changed=changed)
+    consumer = FakeConsumer(log, [record(0), record(1)], changed=changed)
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class SlowFirst(EchoHandler):
+        async def handle(self, record: InboundRecord) -> list[Outbound]:
+            if record.offset == 0:
+                entered.set()
+                await gate.wait()
+            return await super().handle(record)
+
+    handler = SlowFirst(changed=changed)
+    settings = dataclasses.replace(FAST, max_batch=1, rebalance_timeout_s=0.05)
+    loop = ConsumeLoop(
+        name="unit",
+        handler=handler,
+        producer=producer,
+        table=TABLE,
+        settings=settings,
+        metrics=ServiceMetrics("unit"),
+    )
+    task = asyncio.create_task(loop.run(consumer))
+    await asyncio.wait_for(entered.wait(), 1)
+    await asyncio.wait_for(loop.on_revoked({Partition(IN, 0)}), 1)  # gives up after 0.05 s
+    await loop.on_assigned({Partition(IN, 0)})
+    gate.set()
+    await until(lambda: consumer.committed().get(Partition(IN, 0)) == 2, changed)
+    loop.stop()
+    await asyncio.wait_for(task, 1)
+    assert handler.seen == [0, 1]
