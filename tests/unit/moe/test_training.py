@@ -8,7 +8,13 @@ import pytest
 from moe.data import FederatedData, make_regime
 from moe.model import MoEConfig, forward, init_weights, stack_parts
 from moe.parts import check_part, model_layout
-from moe.training import evaluate, routing_histogram, train_centralized, train_local
+from moe.training import (
+    evaluate,
+    routing_histogram,
+    single_threaded_blas,
+    train_centralized,
+    train_local,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +146,28 @@ def test_centralized_training_reaches_the_target_on_digits(regime: FederatedData
     parts = train_centralized(config, x, y, epochs=15, seed=0)
     acc, _ = evaluate(config, parts, regime.test_x, regime.test_y)
     assert acc > 0.9
+
+
+def test_single_threaded_blas_limits_and_restores() -> None:
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded_blas():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+
+
+def test_routing_histogram_needs_only_the_gate_rows(regime: FederatedData) -> None:
+    config = MoEConfig()
+    parts = init_weights(config, 3)
+    gate_only = {
+        pid: ({k: t[k] for k in ("gate.weight", "gate.bias")} if pid != "shared" else t)
+        for pid, t in parts.items()
+    }
+    x = regime.devices[0].x
+    np.testing.assert_array_equal(
+        routing_histogram(config, gate_only, x), routing_histogram(config, parts, x)
+    )
