@@ -29,8 +29,16 @@ class MatchingInput:
         expert_clients: clients assigned to each expert recently (load monitor, EWMA).
         expert_samples: samples routed to each expert so far (load monitor).
         rounds_since_update: rounds since each expert last received an applied update.
-        lower: L_e, minimum clients per expert this round (may be 0).
-        upper: U_e, maximum clients per expert this round.
+        lower: L_e, minimum clients per expert this round (may be 0): a hard floor set by the
+            caller. `FitnessStrategy` may raise it by its own policy where feasible.
+        upper: U_e, maximum clients per expert this round: a hard ceiling set by the caller
+            (use C for "no ceiling"). `FitnessStrategy` may lower it by its own policy.
+        trials: n(c, e), rounds in which c trained e (the exploration count of the fitness
+            score); None means "derive it": 0 where `quality` is NaN, 1 elsewhere.
+
+    Shapes: capacity, deadline_capacity and capability are (C,); affinity, quality and trials
+    are (C, E); the expert_* arrays, rounds_since_update, lower and upper are (E,). A mismatch
+    raises ValueError at construction.
     """
 
     round: int
@@ -44,6 +52,29 @@ class MatchingInput:
     rounds_since_update: IntArray
     lower: IntArray
     upper: IntArray
+    trials: IntArray | None = None
+
+    def __post_init__(self) -> None:
+        c, e = np.shape(self.affinity) if np.ndim(self.affinity) == 2 else (-1, -1)
+        if c < 0:
+            raise ValueError(f"affinity must be 2-D (C, E), got shape {np.shape(self.affinity)}")
+        expected = {
+            "capacity": (c,),
+            "deadline_capacity": (c,),
+            "capability": (c,),
+            "quality": (c, e),
+            "expert_clients": (e,),
+            "expert_samples": (e,),
+            "rounds_since_update": (e,),
+            "lower": (e,),
+            "upper": (e,),
+        }
+        if self.trials is not None:
+            expected["trials"] = (c, e)
+        for name, shape in expected.items():
+            got = np.shape(getattr(self, name))
+            if got != shape:
+                raise ValueError(f"MatchingInput.{name} must have shape {shape}, got {got}")
 
     @property
     def num_clients(self) -> int:
@@ -73,7 +104,10 @@ class MatchingStrategy(ABC):
             rng: the only source of randomness a strategy may use.
 
         Returns:
-            A boolean matrix respecting each client's capacity and each expert's upper bound.
+            A boolean matrix. `FitnessStrategy` respects every constraint (effective capacity,
+            L_e, U_e). The baselines give each client exactly min(k_c, E) experts and ignore
+            fitness, load and the per-expert bounds by design: they are what the fitness
+            strategy is compared against.
 
         Raises:
             moe.errors.InfeasibleAssignmentError: when the constraints admit no assignment.

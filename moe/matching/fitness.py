@@ -1,0 +1,304 @@
+"""Fitness of a (client, expert) pair, feasibility, and building the matcher's input.
+
+The score of client c for expert e at round t:
+
+    F(c,e) = w_q·Q̃(c,e) + w_a·Ã(c,e) + w_s·S(c) − w_l'·P(e) + w_x·X(c,e)
+
+- Ã, affinity: A(c,e) is the fraction of c's samples the current global gate routes to e;
+  Ã = A / max_e A(c,·) rescales each row so the client's favourite expert scores 1 whatever E
+  is (with E = 256 raw fractions are ~1/256 and would vanish beside the other terms). A row of
+  zeros (no histogram yet) stays zero.
+- Q̃, measured quality: Q(c,e) ∈ (0, 1], the EMA of exp(−β·loss) of c's samples routed to e
+  (`moe.profiles.fold_round_outcome`); pairs never measured (NaN) start from Ã, as the design
+  says, so a new pair competes on the affinity its data shows.
+- S, capability ∈ [0, 1]: speed, link, battery and reliability (`capability_scores`). It is the
+  same for all of c's experts, so it decides *who* gets an expert that is wanted by more
+  clients than its upper bound admits, and it makes a capable client's slot worth filling.
+- P, load pressure of e: P = clip((n_e − n̄)/n̄, −1, p_max) − γ·D(e), where n is the EWMA of
+  clients per expert (load monitor) and n̄ its mean (P's first term is 0 when n̄ = 0), and
+  D(e) ∈ [0, 1] is starvation: ½·clip((s̄ − s_e)/s̄, 0, 1) for experts that received fewer
+  routed samples than the mean s̄, plus ½·r_e/(r_e + r_0) for r_e rounds since e's last
+  applied update. Over-used experts are pushed down, starving ones pulled up.
+- w_l' = w_l·(1 + κ·CV(n)): the load weight grows with the measured imbalance, so pressure
+  matters most when the load is most skewed (κ = `load_gain`; 0 disables).
+- X, exploration (UCB-like, as Oort explores clients): X(c,e) = sqrt(ln(t + 2) / (1 + n_ce))
+  with n_ce the rounds c trained e. Untried pairs get the largest bonus, which grows slowly
+  with t and halves after three trials. Our prototype found that with 16 experts the fitness
+  score without it locked in early specialisations: clients kept the first experts they
+  trained, whose measured Q outran everyone else's affinity.
+
+Feasibility: a client is offered at most `effective_capacity` = min(k_c, deadline capacity)
+experts, where k_c comes from its memory budget and the deadline capacity from its profiled
+compute and bandwidth (`deadline_capacity`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from moe.load import ExpertLoadState, imbalance
+from moe.matching.base import FloatArray, IntArray, MatchingInput
+from moe.profiles import ClientProfile
+
+
+@dataclass(frozen=True, slots=True)
+class FitnessWeights:
+    """Weights and shape parameters of the fitness score (see the module docstring).
+
+    The defaults put measured quality and affinity first (together 0.7 of a perfect pair's
+    score), load pressure next (an expert at twice the mean load loses 0.3), capability as a
+    tie-breaker between clients, and an exploration bonus of 0.08–0.2 for untried pairs.
+
+    Attributes:
+        quality: w_q, weight of measured quality Q̃.
+        affinity: w_a, weight of row-normalised affinity Ã.
+        capability: w_s, weight of the client's capability S.
+        load: w_l, weight of the load pressure P.
+        exploration: w_x, weight of the UCB exploration bonus X.
+        deficit: γ, weight of starvation D inside P (relative to the load term).
+        stale_rounds: r_0, rounds without an update at which staleness reaches ½.
+        pressure_cap: p_max, the most an over-used expert's load term can be (keeps one
+            swamped expert from dominating every score).
+        load_gain: κ, growth of the load weight with the CV of clients per expert.
+    """
+
+    quality: float = 0.4
+    affinity: float = 0.3
+    capability: float = 0.1
+    load: float = 0.3
+    exploration: float = 0.1
+    deficit: float = 0.5
+    stale_rounds: float = 3.0
+    pressure_cap: float = 1.0
+    load_gain: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("quality", "affinity", "capability", "load", "exploration", "deficit"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"FitnessWeights.{name} must be finite and >= 0, got {v!r}")
+        if not self.stale_rounds > 0:
+            raise ValueError("FitnessWeights.stale_rounds must be > 0")
+        if not self.pressure_cap > 0:
+            raise ValueError("FitnessWeights.pressure_cap must be > 0")
+        if not self.load_gain >= 0:
+            raise ValueError("FitnessWeights.load_gain must be >= 0")
+
+
+def effective_capacity(problem: MatchingInput) -> IntArray:
+    """min(k_c, deadline capacity) per client, clipped to [0, E]: what the fitness strategy
+    may assign (a client gets no more experts than it can finish before the deadline)."""
+    cap = np.minimum(np.asarray(problem.capacity), np.asarray(problem.deadline_capacity))
+    return np.clip(cap, 0, problem.num_experts).astype(np.int64)
+
+
+def normalised_affinity(affinity: ArrayLike) -> FloatArray:
+    """Ã: each row divided by its maximum (rows of zeros stay zero)."""
+    a = np.clip(np.asarray(affinity, dtype=np.float64), 0.0, None)
+    top = a.max(axis=1, keepdims=True) if a.shape[1] else np.zeros((a.shape[0], 1))
+    return np.divide(a, top, out=np.zeros_like(a), where=top > 0)
+
+
+def load_pressure(problem: MatchingInput, weights: FitnessWeights) -> FloatArray:
+    """P(e): relative over-use minus γ × starvation (see the module docstring)."""
+    n = np.asarray(problem.expert_clients, dtype=np.float64)
+    mean = float(n.mean()) if n.size else 0.0
+    over = np.clip((n - mean) / mean, -1.0, weights.pressure_cap) if mean > 0 else np.zeros_like(n)
+    s = np.asarray(problem.expert_samples, dtype=np.float64)
+    s_mean = float(s.mean()) if s.size else 0.0
+    sample_deficit = np.clip((s_mean - s) / s_mean, 0.0, 1.0) if s_mean > 0 else np.zeros_like(s)
+    r = np.clip(np.asarray(problem.rounds_since_update, dtype=np.float64), 0.0, None)
+    stale = r / (r + weights.stale_rounds)
+    return over - weights.deficit * 0.5 * (sample_deficit + stale)
+
+
+def exploration_bonus(problem: MatchingInput) -> FloatArray:
+    """X(c,e) = sqrt(ln(t + 2) / (1 + n_ce)); n_ce from `trials`, else 0 where Q is NaN
+    and 1 where it was measured."""
+    if problem.trials is not None:
+        n = np.clip(np.asarray(problem.trials, dtype=np.float64), 0.0, None)
+    else:
+        n = (~np.isnan(np.asarray(problem.quality, dtype=np.float64))).astype(np.float64)
+    return np.sqrt(math.log(max(problem.round, 0) + 2.0) / (1.0 + n))
+
+
+def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None) -> FloatArray:
+    """F(c, e) for every client and expert, shape (C, E). See the module docstring.
+
+    Args:
+        problem: the round's matching input.
+        weights: the score's weights; the defaults when None.
+
+    Returns:
+        Finite scores; higher is better. Infeasibility is not encoded here (the strategy
+        passes the effective capacity to the solver).
+    """
+    w = weights or FitnessWeights()
+    a = normalised_affinity(problem.affinity)
+    q = np.asarray(problem.quality, dtype=np.float64)
+    q = np.where(np.isnan(q), a, np.clip(q, 0.0, 1.0))
+    s = np.clip(np.asarray(problem.capability, dtype=np.float64), 0.0, 1.0)
+    cv, _ = imbalance(problem.expert_clients)
+    w_load = w.load * (1.0 + w.load_gain * cv)
+    f = w.quality * q + w.affinity * a
+    f += (w.capability * s)[:, None]
+    f -= (w_load * load_pressure(problem, w))[None, :]
+    if w.exploration > 0:
+        f += w.exploration * exploration_bonus(problem)
+    return f
+
+
+def deadline_capacity(
+    compute_ms_per_sample: ArrayLike,
+    bandwidth_kbps: ArrayLike,
+    num_samples: ArrayLike,
+    *,
+    deadline_s: float,
+    shared_bytes: float,
+    expert_bytes: float,
+    epochs: float = 1.0,
+    max_experts: int,
+) -> IntArray:
+    """Experts each client can train and upload before the deadline.
+
+    Time model: T(k) = epochs·n·ms/1000 + 8·2·(shared_bytes + k·expert_bytes)/(1000·kbps):
+    local training over its n samples (the gate is masked to the assigned experts, so each
+    sample still passes through the same number of experts and compute does not grow with k),
+    plus downloading and uploading the shared part and k experts. The answer is the largest
+    k ≤ max_experts with T(k) ≤ deadline_s (0 when even the shared part does not fit).
+
+    Args:
+        compute_ms_per_sample: (C,) profiled training time per sample, ms.
+        bandwidth_kbps: (C,) profiled link bandwidth, kbit/s.
+        num_samples: (C,) local samples.
+        deadline_s: time from assignment to deadline, seconds.
+        shared_bytes: serialized size of the shared part(s).
+        expert_bytes: serialized size of one expert.
+        epochs: local epochs per round.
+        max_experts: upper clip (E, or the largest capacity).
+
+    Returns:
+        (C,) int64 in [0, max_experts].
+    """
+    ms = np.asarray(compute_ms_per_sample, dtype=np.float64)
+    kbps = np.asarray(bandwidth_kbps, dtype=np.float64)
+    n = np.asarray(num_samples, dtype=np.float64)
+    if (kbps <= 0).any() or (ms < 0).any():
+        raise ValueError("bandwidth must be > 0 and compute time >= 0")
+    bytes_per_s = kbps * 1000.0 / 8.0
+    left = deadline_s - epochs * n * ms / 1000.0 - 2.0 * shared_bytes / bytes_per_s
+    per_expert = 2.0 * expert_bytes / bytes_per_s
+    k = np.floor(left / per_expert + 1e-9) if expert_bytes > 0 else np.full_like(left, max_experts)
+    k = np.where(left < 0, 0, k)
+    return np.clip(k, 0, max_experts).astype(np.int64)
+
+
+def capability_scores(
+    compute_ms_per_sample: ArrayLike,
+    bandwidth_kbps: ArrayLike,
+    battery: ArrayLike,
+    completion_rate: ArrayLike,
+) -> FloatArray:
+    """S(c) ∈ [0, 1]: the mean of speed, link, battery and reliability.
+
+    Speed is m/(m + ms_c) with m the fleet median compute time (0.5 for a median device,
+    → 1 for a fast one), link likewise b_c/(b_c + median b); battery and completion rate are
+    in [0, 1] already. Fleet-relative, so the score needs no units or absolute thresholds.
+    """
+    ms = np.asarray(compute_ms_per_sample, dtype=np.float64)
+    kbps = np.asarray(bandwidth_kbps, dtype=np.float64)
+    if ms.size == 0:
+        return np.zeros(0)
+    m = float(np.median(ms))
+    b = float(np.median(kbps))
+    speed = m / (m + ms) if m > 0 else np.ones_like(ms)
+    link = kbps / (kbps + b) if b > 0 else np.ones_like(kbps)
+    bat = np.clip(np.asarray(battery, dtype=np.float64), 0.0, 1.0)
+    rel = np.clip(np.asarray(completion_rate, dtype=np.float64), 0.0, 1.0)
+    return np.asarray((speed + link + bat + rel) / 4.0, dtype=np.float64)
+
+
+def build_matching_input(
+    profiles: Sequence[ClientProfile],
+    load: ExpertLoadState,
+    *,
+    round: int,
+    deadline_s: float,
+    shared_bytes: float,
+    expert_bytes: float,
+    epochs: float = 1.0,
+    lower: ArrayLike | None = None,
+    upper: ArrayLike | None = None,
+) -> MatchingInput:
+    """The matcher's input for `profiles` (rows, in that order) and the global load.
+
+    Args:
+        profiles: the clients to match this round (the caller filters online ones).
+        load: the load monitor's state; E is its number of experts.
+        round: the round being opened.
+        deadline_s: seconds from assignment to deadline (for the deadline capacity).
+        shared_bytes: serialized size of the shared part(s).
+        expert_bytes: serialized size of one expert.
+        epochs: local epochs per round.
+        lower: hard per-expert floors (default 0: the strategy's policy decides).
+        upper: hard per-expert ceilings (default C: the strategy's policy decides).
+
+    Returns:
+        A MatchingInput whose rows follow `profiles`.
+    """
+    e = load.num_experts
+    c = len(profiles)
+    quality = np.full((c, e), np.nan)
+    trials = np.zeros((c, e), dtype=np.int64)
+    affinity = np.zeros((c, e))
+    for i, prof in enumerate(profiles):
+        affinity[i] = prof.affinity(e)
+        for j, qv in prof.expert_quality.items():
+            if 0 <= j < e:
+                quality[i, j] = qv
+        for j, nv in prof.expert_trials.items():
+            if 0 <= j < e:
+                trials[i, j] = nv
+    ms = np.array([p.compute_ms_per_sample for p in profiles], dtype=np.float64)
+    kbps = np.array([p.bandwidth_kbps for p in profiles], dtype=np.float64)
+    n = np.array([p.num_samples for p in profiles], dtype=np.float64)
+    cap = np.array([p.capacity for p in profiles], dtype=np.int64)
+    dcap = (
+        deadline_capacity(
+            ms,
+            kbps,
+            n,
+            deadline_s=deadline_s,
+            shared_bytes=shared_bytes,
+            expert_bytes=expert_bytes,
+            epochs=epochs,
+            max_experts=e,
+        )
+        if c
+        else np.zeros(0, dtype=np.int64)
+    )
+    capability = capability_scores(
+        ms,
+        kbps,
+        np.array([p.battery for p in profiles], dtype=np.float64),
+        np.array([p.completion_rate for p in profiles], dtype=np.float64),
+    )
+    return MatchingInput(
+        round=round,
+        capacity=cap,
+        deadline_capacity=dcap,
+        affinity=affinity,
+        quality=quality,
+        capability=capability,
+        expert_clients=np.asarray(load.clients_ewma, dtype=np.float64),
+        expert_samples=np.asarray(load.samples_routed, dtype=np.float64),
+        rounds_since_update=np.asarray(load.rounds_since_update, dtype=np.int64),
+        lower=np.zeros(e, dtype=np.int64) if lower is None else np.asarray(lower, np.int64),
+        upper=np.full(e, c, dtype=np.int64) if upper is None else np.asarray(upper, np.int64),
+        trials=trials,
+    )
