@@ -16,7 +16,8 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from brokers.mqtt import mqtt_client
+from brokers.kafka import KafkaProducer, RecordAck
+from brokers.mqtt import MqttSession, mqtt_client
 from brokers.settings import BrokerSettings
 from schemas import (
     Assignment,
@@ -32,9 +33,11 @@ from schemas import (
     encode,
 )
 from schemas.topics import MqttTopic, Topic
-from services.gateway.app import Gateway
+from services.gateway.app import Gateway, Ingress
+from services.gateway.logic import subscriptions
 from services.gateway.settings import GatewaySettings
-from services.runtime import RuntimeSettings
+from services.metrics import Outcome, ServiceMetrics
+from services.runtime import Backoff, RuntimeSettings
 from tests.integration.programs.harness import (
     ServiceProcess,
     TopicCollector,
@@ -134,13 +137,21 @@ async def test_sigkill_mid_stream_loses_no_update(broker: BrokerSettings, tmp_pa
             await gateway.start()
             await _wait_ready(broker, device, telemetry, 60)
 
+            at_kill_point = asyncio.Event()
+
             async def publish_all() -> None:
+                # A device's pace for 30%, then a burst; the test kills the gateway when the
+                # device has published 60%: the gateway is behind, its window of unacknowledged
+                # messages full, and at most 60% can have reached Kafka.
                 for i in range(N_UPDATES):
                     await device.publish(update_topic, encode(_update(i)), qos=1)
-                    await asyncio.sleep(0.003)  # a device's pace, so the kill lands mid-stream
+                    if i < N_UPDATES * 3 // 10:
+                        await asyncio.sleep(0.003)
+                    if i == N_UPDATES * 6 // 10:
+                        at_kill_point.set()
 
             publisher = asyncio.create_task(publish_all(), name="device:publish")
-            await updates.wait_until(lambda ms: len(distinct_updates(ms)) >= 100, 60, "100")
+            await asyncio.wait_for(at_kill_point.wait(), 60)
             await gateway.kill()
             at_kill = len(distinct_updates(updates.messages))
             await gateway.start()
@@ -247,3 +258,77 @@ async def test_hostile_input_dead_letters_and_kafka_reaches_devices(
     assert snap["dead_lettered"] == 2
     assert snap["published"] == 2
     assert snap["pubacked"] >= 3
+
+
+class _KafkaNeverAcks:
+    """A producer whose acks never come (Kafka unreachable after the enqueue)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.changed = asyncio.Event()
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[RecordAck]:
+        self.sent += 1
+        self.changed.set()
+        return asyncio.get_running_loop().create_future()
+
+
+@pytest.mark.timeout(60)
+async def test_messages_not_acked_by_kafka_are_redelivered(broker: BrokerSettings) -> None:
+    """Manual PUBACK, deterministically: a gateway that received updates but never got Kafka's
+    acks dies without PUBACKs; the next connection of its session gets them all again."""
+    table = broker.topic_table()
+    n = 10
+    session = MqttSession(broker, client_id=f"gw-{broker.namespace}", receive_maximum=n)
+    filters = subscriptions(table, "gateway")
+
+    def ingress(producer: object, metrics: ServiceMetrics) -> Ingress:
+        return Ingress(
+            session=session,
+            producer=producer,  # type: ignore[arg-type]
+            table=table,
+            metrics=metrics,
+            backoff=Backoff(0.01, 0.1),
+            window=n,
+        )
+
+    async with session:
+        for f in filters:
+            await session.subscribe(f, qos=1)
+    async with _device(broker, f"dev-{broker.namespace}") as device:
+        for i in range(n):
+            await device.publish(
+                table.mqtt(MqttTopic.UPDATE, device="dev-1"), encode(_update(i)), qos=1
+            )
+    # First life: every message is received and its parts enqueued, no ack ever comes.
+    stuck, first = _KafkaNeverAcks(), ServiceMetrics("gateway")
+    async with session:
+        task = asyncio.create_task(ingress(stuck, first).run(asyncio.Event()))
+        async with asyncio.timeout(20):
+            while stuck.sent < 2 * n:
+                stuck.changed.clear()
+                await stuck.changed.wait()
+        task.cancel()  # the crash: no PUBACK was sent
+        await asyncio.wait({task})
+    assert first.get(Outcome.RECEIVED) == n
+    assert first.get(Outcome.PUBACKED) == 0
+    # Second life, Kafka is back: the broker redelivers all of them.
+    second, stop = ServiceMetrics("gateway"), asyncio.Event()
+    async with (
+        TopicCollector(broker, table.name(Topic.UPDATES)) as updates,
+        KafkaProducer(broker, client_id="gw-test") as producer,
+        session,
+    ):
+        task = asyncio.create_task(ingress(producer, second).run(stop))
+        await updates.wait_until(
+            lambda ms: (
+                {m.update_id for m in ms if isinstance(m, PartUpdate)}
+                == {f"u-{i}" for i in range(n)}
+            ),
+            30,
+            "every update again",
+        )
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert second.get(Outcome.RECEIVED) == n
+    assert second.get(Outcome.PUBACKED) == n
