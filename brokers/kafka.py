@@ -328,9 +328,17 @@ class KafkaConsumer:
         if not offsets:
             return
         tps = {TopicPartition(p.topic, p.partition): off for p, off in offsets.items()}
-        # aiokafka retries retriable commit errors forever; the timeout bounds that.
-        async with kafka_errors("commit", 2 * self._timeout):
-            await self._consumer.commit(tps)
+        # A partition that moved to another member meanwhile cannot be committed by us
+        # (aiokafka raises IllegalStateError); its new owner redoes those records.
+        assigned = self._consumer.assignment()
+        lost = sorted(tp for tp in tps if tp not in assigned)
+        kept = {tp: off for tp, off in tps.items() if tp in assigned}
+        if kept:
+            # aiokafka retries retriable commit errors forever; the timeout bounds that.
+            async with kafka_errors("commit", 2 * self._timeout):
+                await self._consumer.commit(kept)
+        if lost:
+            raise CommitFailed(f"commit: partitions no longer assigned: {lost}")
 
 
 async def _stop_quietly(client: Any, timeout_s: float, what: str) -> None:

@@ -14,8 +14,10 @@ Guarantees (at-least-once, never lost):
   included) was acknowledged by Kafka and the handler's checkpoint (if any) returned;
 - the batch runs under a lock that the rebalance listener also takes: on revoke the loop stops
   taking new records of the batch, finishes and commits the ones it started, and only then
-  lets the rebalance go on; records fetched before a rebalance and not yet started are dropped
-  (the eager protocol resets every position to its committed offset, so they are refetched);
+  lets the rebalance go on; records handed out before a revoke and not yet started are dropped
+  (aiokafka gives every newly assigned partition a fresh position from its committed offset,
+  so they are fetched again), while records handed out after it belong to the new assignment
+  and are handled;
 - `stop()` lets the current record finish, delivers and commits what was handled, and ends the
   loop; retries and backoffs are interrupted by it (those inputs are redone after a restart);
 - ticks run in the same task as `handle`, so a handler never sees two calls at once.
@@ -143,9 +145,8 @@ class ConsumeLoop:
         next_tick = self._clock() + self._settings.tick_interval_s
         poll_failures = 0
         while not self._stopping.is_set():
-            generation = self._generation
             try:
-                records = await self._poll(consumer)
+                records, generation = await self._poll(consumer)
             except ConsumerStopped:
                 break
             except BrokerError as exc:
@@ -163,8 +164,8 @@ class ConsumeLoop:
                 if not self._stopping.is_set() and self._revokes_waiting == 0:
                     self._interrupt.clear()  # a revoke that interrupted the last batch is over
                 if records and generation != self._generation:
-                    # A rebalance ran between the fetch and now: positions were reset to the
-                    # committed offsets, so these records will be fetched again.
+                    # A revoke ran between the fetch and now: the new assignment starts from
+                    # the committed offsets, so these records will be fetched again.
                     self._metrics.inc(Outcome.DROPPED_STALE, len(records))
                     records = []
                 if records:
@@ -173,22 +174,34 @@ class ConsumeLoop:
                     await self._tick(self._ticker)
                     next_tick = self._clock() + self._settings.tick_interval_s
 
-    async def _poll(self, consumer: Consumer) -> list[ConsumedRecord]:
-        """One `getmany`, abandoned (nothing lost: no records were handed out) on stop."""
-        fetch = asyncio.ensure_future(
-            consumer.getmany(self._settings.poll_timeout_s, self._settings.max_batch)
-        )
+    async def _poll(self, consumer: Consumer) -> tuple[list[ConsumedRecord], int]:
+        """One `getmany`, and the revoke generation at the moment it returned.
+
+        aiokafka's getmany waits out a rebalance and then returns records of the *new*
+        assignment, whose positions have moved past them: those must be handled, not
+        dropped. So staleness is judged against the generation read right when the records
+        were handed out (in the fetching task, with no await in between), not before the
+        call. A poll still waiting when `stop()` comes is abandoned: it handed out nothing.
+        """
+
+        async def fetch() -> tuple[list[ConsumedRecord], int]:
+            records = await consumer.getmany(
+                self._settings.poll_timeout_s, self._settings.max_batch
+            )
+            return records, self._generation
+
+        fetching = asyncio.ensure_future(fetch())
         stopped = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({fetching, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            if not fetch.done():
-                fetch.cancel()
-        await asyncio.wait({fetch})  # let a cancelled fetch unwind (it never raises here)
-        if fetch.cancelled():
-            return []
-        return fetch.result()
+            if not fetching.done():
+                fetching.cancel()
+        await asyncio.wait({fetching})  # let a cancelled fetch unwind (it never raises here)
+        if fetching.cancelled():
+            return [], self._generation
+        return fetching.result()
 
     async def process_batch(self, records: Sequence[ConsumedRecord], consumer: Consumer) -> None:
         """Handle `records` in order, deliver all outputs, checkpoint, commit.

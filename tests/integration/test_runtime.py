@@ -4,6 +4,8 @@ record dead-lettered with its offset committed."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,61 @@ async def test_bad_records_are_dead_lettered_and_committed(broker_env: BrokerSet
     assert snap["produced"] == 4
     committed = await committed_offsets(broker_env, "echo-dlq", source)
     assert sum(committed.values()) == 4, committed
+
+
+@pytest.mark.timeout(150)
+async def test_rebalances_commit_finished_work(broker_env: BrokerSettings, tmp_path: Path) -> None:
+    """A second instance joins mid-stream, then the first leaves (SIGTERM): both rebalances
+    commit the work in hand on revoke, so (almost) nothing is redone."""
+    table = broker_env.topic_table()
+    source, sink = table.name(Topic.TELEMETRY), table.name(Topic.PROFILES)
+    group = f"{broker_env.namespace}-echo"
+    await produce(
+        broker_env, source, [(f"dev-{i % 50}".encode(), _status(i)) for i in range(N_RECORDS)]
+    )
+    env = broker_environ(
+        broker_env,
+        FEDMOE_RUNTIME_MAX_BATCH="50",
+        FEDMOE_RUNTIME_SESSION_TIMEOUT_S="6",
+        FEDMOE_RUNTIME_METRICS_INTERVAL_S="1",
+    )
+    argv = ["-m", "tests.integration.programs.echo_service", "--input", source,
+            "--output", sink, "--group", group, "--delay-ms", "5"]  # fmt: skip
+    first = ServiceProcess(argv, env, tmp_path / "first.log")
+    second = ServiceProcess(argv, env, tmp_path / "second.log")
+    expected = {f"out-m{i}" for i in range(N_RECORDS)}
+    async with TopicCollector(broker_env, sink) as outputs:
+        try:
+            await first.start()
+            await outputs.wait_until(lambda ms: len(_ids(ms)) >= 150, 60, "150 outputs")
+            await second.start()
+            await outputs.wait_until(lambda ms: len(_ids(ms)) >= 600, 90, "600 outputs")
+            assert await first.terminate() == 0
+            await outputs.wait_until(lambda ms: _ids(ms) >= expected, 90, "every output")
+            assert await second.terminate() == 0
+        except BaseException:
+            print(first.log_text()[-4000:], second.log_text()[-4000:])
+            raise
+        finally:
+            await first.kill()
+            await second.kill()
+        produced = [m.message_id for m in outputs.messages]
+    metrics = [_final_metrics(p.log_text()) for p in (first, second)]
+    print(
+        f"\nruntime rebalances: {len(produced)} records for {N_RECORDS} inputs, "
+        f"{len(produced) - len(set(produced))} duplicates; "
+        + "; ".join(
+            f"{n}: handled {m.get('handled')}, rebalances {m.get('rebalances')}, "
+            f"commit_failed {m.get('commit_failed')}, dropped_stale {m.get('dropped_stale')}"
+            for n, m in zip(("first", "second"), metrics, strict=True)
+        )
+    )
+    assert _ids(outputs.messages) == expected
+    assert all(int(str(m.get("rebalances", 0))) >= 1 for m in metrics)
+    committed = await committed_offsets(broker_env, group, source)
+    assert sum(committed.values()) == N_RECORDS, committed
+
+
+def _final_metrics(log_text: str) -> dict[str, object]:
+    lines = re.findall(r"metrics (\{.*\})", log_text)
+    return dict(json.loads(lines[-1])) if lines else {}

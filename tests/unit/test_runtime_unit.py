@@ -381,18 +381,20 @@ async def test_revoke_waits_for_the_batch_in_hand_to_commit() -> None:
     assert loop.assigned == frozenset()
 
 
-async def test_records_fetched_before_a_rebalance_are_dropped() -> None:
+async def test_records_handed_out_before_a_revoke_are_dropped() -> None:
     log: list[str] = []
     producer = FakeProducer(log)
     consumer = FakeConsumer(log, [record(0), record(1)])
     metrics = ServiceMetrics("unit")
     loop = make_loop(EchoHandler(), producer, metrics)
 
-    async def rebalance_during_fetch() -> None:
-        await loop.on_revoked({Partition(IN, 0)})
-        await loop.on_assigned({Partition(IN, 0)})
+    async def revoke_right_after_the_fetch() -> None:
+        # Runs after getmany handed the records out, before the loop takes them up.
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(loop.on_revoked({Partition(IN, 0)}))
+        )
 
-    consumer.on_fetch = rebalance_during_fetch
+    consumer.on_fetch = revoke_right_after_the_fetch
     task = asyncio.create_task(loop.run(consumer))
     await until(lambda: metrics.get(Outcome.DROPPED_STALE) > 0, consumer.changed)
     loop.stop()
@@ -400,6 +402,28 @@ async def test_records_fetched_before_a_rebalance_are_dropped() -> None:
     assert metrics.get(Outcome.DROPPED_STALE) == 2
     assert producer.sent == []
     assert consumer.commits == []
+
+
+async def test_records_handed_out_after_a_rebalance_are_handled() -> None:
+    """aiokafka's getmany waits out a rebalance and then hands out records of the new
+    assignment (their positions already moved on): dropping them would lose them."""
+    log: list[str] = []
+    producer = FakeProducer(log)
+    consumer = FakeConsumer(log, [record(0), record(1)])
+    metrics = ServiceMetrics("unit")
+    loop = make_loop(EchoHandler(), producer, metrics)
+
+    async def rebalance_inside_the_fetch() -> None:
+        await loop.on_revoked({Partition(IN, 0)})
+        await loop.on_assigned({Partition(IN, 0)})
+
+    consumer.on_fetch = rebalance_inside_the_fetch
+    task = asyncio.create_task(loop.run(consumer))
+    await until(lambda: bool(consumer.commits), consumer.changed)
+    loop.stop()
+    await asyncio.wait_for(task, 1)
+    assert metrics.get(Outcome.DROPPED_STALE) == 0
+    assert consumer.committed() == {Partition(IN, 0): 2}
 
 
 async def test_ticks_produce_and_run_between_batches() -> None:
