@@ -1,4 +1,12 @@
-"""`GatewaySettings` (`FEDMOE_GATEWAY_*`); broker and runtime knobs come from their own classes."""
+"""`GatewaySettings` (`FEDMOE_GATEWAY_*`); broker and runtime knobs come from their own classes.
+
+Operating note (measured here with Mosquitto 2.0.11): a gateway's persistent session keeps its
+place in the shared subscription while it is offline, and Mosquitto keeps handing it its share
+of the devices' messages, queued until it comes back. With two gateways in one share group and
+one of them gone, half the updates waited in the absent one's queue. So give every instance a
+stable client id and bring it back after a crash; to retire an instance for good, let its
+session expire (`session_expiry_s`) or connect once with its client id and a clean start.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,15 @@
 - `RuntimeSettings` (`settings.py`): the knobs (`FEDMOE_RUNTIME_*`).
 
 Handlers implement `services.handler.Handler` (and optionally `Ticker`, `Checkpointer`).
+
+Why our own small runtime over aiokafka rather than faststream: the guarantees we need cut
+across what a framework's per-message ack policy offers: commit a batch only after every output
+is acknowledged *and* the handler's checkpoint returned; coordinate the rebalance listener with
+the batch in hand; dead-letter with our `DeadLetter` envelope; send the gateway's MQTT PUBACK
+only after Kafka's ack (an ack that spans two brokers, outside any one broker's ack policy);
+and Tansu's quirks (no idempotent producer). Around faststream that would be as much code
+plus a dependency tree (pydantic, fast-depends) the project does not carry; here it is under
+1,000 lines, each decision unit-tested against in-memory fakes.
 """
 
 from services.handler import Checkpointer, Handler, InboundRecord, Outbound, Ticker
