@@ -17,29 +17,43 @@ The k = 1 and k = E cases are the familiar "an expert needs more clients than ca
 `solve_exact`: the constraint matrix (client rows, expert rows, x ≤ 1) is a bipartite incidence
 matrix with bounds, which is totally unimodular, so a basic optimum of the LP relaxation is
 integral. It solves the LP with HiGHS on a candidate subset of pairs (each client's best
-cap + pad experts, each expert's best L_e + pad clients) and prices out the excluded pairs with
-the LP duals (u_c per client, λ_e per expert): when F(c,e) − u_c − λ_e ≤ tol for every excluded
-pair the subset optimum is optimal for the whole problem (an LP optimality certificate);
-otherwise the violating pairs join the subset and it solves again (column generation). An LP
-answer that is not integral (it should not be) is re-solved with `milp`.
+cap + pad experts by F and by F − λ̂, with λ̂ the prices of a sampled auction, see below; each
+expert's best L_e + pad clients) and prices out the excluded pairs with the LP duals (u_c per
+client, λ_e per expert): when F(c,e) − u_c − λ_e ≤ tol for every excluded pair, the subset
+optimum is optimal for the whole problem (an LP optimality certificate); otherwise the
+violating pairs join the subset and it solves again (column generation). An LP answer that is
+not integral (it should not be) is re-solved with `milp` over the same pairs.
 
-`solve_fast`: vectorised, no LP. (1) Candidates: each client's best cap_max + pad experts by
-score (a partition, not a sort). (2) Auction (Bertsekas-style, Jacobi, prices only rise): each
-client takes its best cap_c candidates by F − λ with a positive value; an expert chosen by more
-than U_e clients raises its price λ_e to just above the (U_e+1)-th largest margin among its
-choosers (margin = the value of the expert minus the client's best alternative), so exactly U_e
-keep it; the others move to their next candidate. Raised prices only push clients towards other
-experts, so an expert that was full stays full, and at the end the prices certify near-optimality
-(ε per assignment). (3) Fill: clients with free capacity take their best positive-scoring experts
-that still have room (greedy proposal rounds, experts keep the best proposals). (4) Repair lower
-bounds: for each expert below L_e, take the clients that gain most by adding it (into a free
-slot) or by swapping it in for an expert that has more than its own L. Should that repair get
-stuck (it needs a chain of swaps), the exact solver answers instead.
+`solve_fast`: vectorised numpy, no LP: an auction (Bertsekas-style, Jacobi) on expert prices
+λ_e. Each client takes its best cap_c candidates by F − λ that have a positive value. An expert
+chosen by more than U_e clients raises its price to ε above the (U_e+1)-th largest margin among
+its choosers (margin = the expert's value minus the client's best alternative), so U_e keep it
+and the others move on; an expert below its floor L_e lowers its price (a subsidy) just enough
+to attract the clients it lacks, those that give up least for it. While only raises happen, a
+full expert stays full and the answer is within ε per assignment of the optimum over the
+candidates. Subsidies and warm starts also move clients the other way, so prices that the
+optimum would not keep (λ_e > 0 on an expert below U_e, λ_e < 0 on one above L_e) are moved
+back towards 0 as well, for a bounded number of rounds. The steps:
+
+1. Price discovery: the auction on `sample` evenly spaced clients, every expert a candidate,
+   U_e and L_e scaled to their share, gives λ̂ ≈ λ* (the optimal duals); it is refined on ×8
+   larger subsets (warm-started, on candidate lists) while those are under half the fleet.
+2. Candidates: by complementary slackness a client's optimal experts are among its best by
+   F − λ*, so each client gets its best cap_max + pad experts by F − λ̂ (a partition, not a
+   sort). Candidates by raw F alone fail when many clients want the same experts: the
+   displaced clients need alternatives deep in their lists.
+3. The auction on every client's candidates, starting from λ̂, until at most `tail` clients
+   are on the wrong side of each kind of bound; what is still over U_e is trimmed.
+4. Fill: clients with free capacity take their best positive-scoring experts that still have
+   room (greedy proposal rounds, each expert keeps its best proposals).
+5. Floors no candidate list reached: each such expert takes the clients that lose least by
+   taking it (a free slot, or their worst expert above its own floor). Should that get stuck
+   (it would need a chain of swaps), the exact solver answers instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -308,8 +322,12 @@ def solve_exact(
             x[rows, cols] = lp.x > 0.5
             return x
         # The duals are degenerate (not unique), so pricing in only the violators tends to
-        # reveal one more violator per round: take every pair within the worst violation.
-        mask |= reduced > -worst
+        # reveal one more violator per round: a client with a violator also brings its two
+        # best-priced pairs, which measured here saves a round or two of re-solving.
+        hit = np.flatnonzero((reduced > tol).any(axis=1))
+        best2 = np.argpartition(-reduced[hit], min(2, e) - 1, axis=1)[:, : min(2, e)]
+        mask[hit[:, None], best2] = True
+        mask |= reduced > tol
     rows, cols = np.nonzero(np.ones((c, e), dtype=bool))
     lp = _solve_restricted(p, rows.astype(np.int64), cols.astype(np.int64))
     if lp is None:  # check_feasible is exact, so this means a solver problem
@@ -360,8 +378,11 @@ class _Auction:
     kmax: int
     price: FloatArray  # (E,)
     chosen: IntArray  # (C, kmax) chosen experts, -1 = empty slot
+    chosen_s: FloatArray  # (C, kmax) their scores (unused where the slot is empty)
     margin: FloatArray  # (C, kmax) value of the chosen expert over the best alternative
     counts: IntArray  # (E,) clients per expert
+    stuck: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # floors out of reach
+    polish: int = 100  # rounds of consistency moves left
 
     def evaluate(self, rows: IntArray) -> None:
         """Let `rows` re-choose their best candidates at the current prices."""
@@ -369,7 +390,8 @@ class _Auction:
             return
         m = self.cand_e.shape[1]
         ce = self.cand_e[rows]
-        adj = self.cand_s[rows] - self.price[ce]
+        cs = self.cand_s[rows]
+        adj = cs - self.price[ce]
         if m > self.kmax + 1:
             # Only the best kmax + 1 matter (the choice and the best alternative): partition
             # first, so wide rows (every expert a candidate) cost O(m), not O(m log m).
@@ -377,9 +399,11 @@ class _Auction:
             top = np.argpartition(-adj, m - 1, axis=1)[:, :m]
             adj = np.take_along_axis(adj, top, axis=1)
             ce = np.take_along_axis(ce, top, axis=1)
+            cs = np.take_along_axis(cs, top, axis=1)
         order = np.argsort(-adj, axis=1, kind="stable")
         adj_s = np.take_along_axis(adj, order, axis=1)
         e_s = np.take_along_axis(ce, order, axis=1)
+        s_s = np.take_along_axis(cs, order, axis=1)
         k = self.cap[rows]
         idx = np.arange(rows.size)
         alt = np.where(k < m, adj_s[idx, np.minimum(k, m - 1)], 0.0)
@@ -392,62 +416,162 @@ class _Auction:
         self.counts -= np.bincount(old[old >= 0], minlength=e)
         self.counts += np.bincount(new[new >= 0], minlength=e)
         self.chosen[rows] = new
+        self.chosen_s[rows] = s_s[:, :kmax]
         self.margin[rows] = np.where(take, adj_s[:, :kmax] - alt[:, None], 0.0)
 
-    def run(self, upper: IntArray, eps: float, max_iters: int, tail: int) -> None:
-        """Raise the prices of over-subscribed experts until at most `tail` clients are over
-        the upper bounds (or max_iters), then trim those."""
+    def run(self, upper: IntArray, lower: IntArray, eps: float, max_iters: int, tail: int) -> None:
+        """Move prices until every expert is within its bounds and priced consistently.
+
+        Complementary slackness says λ_e > 0 only for a full expert (U_e clients) and λ_e < 0
+        only for one held at its floor (L_e clients). A round raises the prices of experts
+        over U_e (and, stopping at 0, of subsidised ones over L_e); when none is over, it
+        lowers the prices of experts under L_e (and, stopping at 0, of priced ones under U_e).
+        The consistency moves (the parts in parentheses) start only after a warm start or a
+        subsidy, and get `self.polish` rounds. It stops when each kind of violation involves
+        at most `tail` clients (floors: none) or a round moves nobody; what is still over
+        U_e is trimmed.
+        """
         e = self.counts.shape[0]
         self.evaluate(np.arange(self.cand_e.shape[0]))
+        inf = np.full(e, np.inf)
+        # Floors no candidate list can reach are left to the floor repair after the auction.
+        self.stuck = np.zeros(e, dtype=bool)
+        subsidised = bool((self.price != 0).any())  # a warm start may over-price too
         for _ in range(max_iters):
-            over = self.counts > upper
-            if int((self.counts - upper)[over].sum()) <= tail:
+            n = self.counts
+            over = n > upper
+            shed = (self.price < 0) & (n > lower) & (n <= upper)
+            under = (n < lower) & ~self.stuck
+            slack = (self.price > 0) & (n < upper) & (n >= lower)
+            # The last rounds are long chains of single moves: each kind of violation is let
+            # be once at most `tail` clients are on the wrong side of its bounds.
+            for kind, wrong in ((over, n - upper), (shed, n - lower), (slack, upper - n)):
+                if int(wrong[kind].sum()) <= tail:
+                    kind[:] = False
+            # From zero prices without floors, prices only rise: a full expert stays full and
+            # no price needs correcting. A warm start may over-price, and once a floor was
+            # subsidised clients also move towards subsidised experts: then prices that the
+            # optimum would not keep (shed, slack) are corrected too, for a bounded number of
+            # rounds (near convergence Jacobi moves can ping-pong).
+            if not subsidised or self.polish <= 0:
+                shed[:] = slack[:] = False
+            elif shed.any() or slack.any():
+                self.polish -= 1
+            if not (over.any() or shed.any() or under.any() or slack.any()):
                 break
-            rows, slots, ex, order, starts = self._choosers(over)
-            ro, so, eo = rows[order], slots[order], ex[order]
-            rank = np.arange(order.size) - starts[eo]
-            mg = self.margin[ro, so]
-            # The (U_e+1)-th largest margin, plus ε: exactly the first U_e choosers keep e.
-            at_cut = rank == upper[eo]
-            delta = np.zeros(e, dtype=np.float64)
-            delta[eo[at_cut]] = mg[at_cut] + eps
-            self.price += delta
-            stay = ~(rank >= upper[eo])
-            # Stayers keep the expert; their margin shrinks by the raise (a lower bound on the
-            # true margin, since their alternatives only get dearer).
-            self.margin[ro[stay], so[stay]] -= delta[eo[stay]]
-            self.evaluate(np.unique(ro[~stay]))
+            # Raise first, lower only once nothing is over: lowering while others raise
+            # sends both moves' clients to the same experts, and the prices ping-pong.
+            if over.any() or shed.any():
+                target = np.where(over, upper, lower)
+                limit = np.where(shed, -self.price, inf)
+                moved = self._raise(over | shed, target, limit, eps)
+            else:
+                target = np.where(under, lower, upper)
+                limit = np.where(slack, self.price, inf)
+                moved = self._lower(under | slack, target, limit, eps)
+                subsidised |= moved and bool(under.any())
+            if not moved:
+                break
         self._trim(upper)
 
-    def _choosers(
+    def _raise(self, flag: BoolArray, target: IntArray, limit: FloatArray, eps: float) -> bool:
+        """Raise flagged experts' prices so only `target` choosers keep each (by at most
+        `limit`). Returns whether any client or price moved."""
+        e = self.counts.shape[0]
+        rows, slots, mg, starts, sizes = self._groups(flag)
+        leave = np.zeros(rows.size, dtype=bool)
+        delta = np.zeros(e, dtype=np.float64)
+        for j in np.flatnonzero(flag):
+            a, n = int(starts[j]), int(sizes[j])
+            k = n - int(target[j])  # how many must leave
+            if k <= 0:
+                continue
+            seg = mg[a : a + n]
+            # The k smallest margins leave: a partition, not a sort (k ≪ n in practice).
+            out = np.argpartition(seg, k - 1)[:k] if k < n else np.arange(n)
+            d = float(seg[out].max()) + eps
+            if d > limit[j]:
+                d = float(limit[j])
+                out = np.flatnonzero(seg < d)
+            delta[j] = d
+            leave[a + out] = True
+        self.price += delta
+        stay = ~leave
+        # Stayers keep the expert; their margin shrinks by the raise (a lower bound on the
+        # true margin while their alternatives only get dearer).
+        ex = self.chosen[rows[stay], slots[stay]]
+        self.margin[rows[stay], slots[stay]] -= delta[ex]
+        movers = np.unique(rows[leave])
+        self.evaluate(movers)
+        return bool(movers.size) or bool(delta.any())
+
+    def _lower(self, flag: BoolArray, target: IntArray, limit: FloatArray, eps: float) -> bool:
+        """Lower flagged experts' prices just enough to attract the clients they lack up to
+        `target` (those giving up least for it), by at most `limit`. Returns whether any
+        client or price moved."""
+        e = self.counts.shape[0]
+        rows, slots = np.nonzero(np.append(flag, False)[self.cand_e])
+        ex = self.cand_e[rows, slots]
+        ch = self.chosen[rows]
+        fresh = ~(ch == ex[:, None]).any(axis=1) & (self.cap[rows] > 0)
+        rows, slots, ex, ch = rows[fresh], slots[fresh], ex[fresh], ch[fresh]
+        value = self.cand_s[rows, slots] - self.price[ex]
+        held = ch >= 0
+        held_value = np.where(held, self.chosen_s[rows] - self.price[np.maximum(ch, 0)], np.inf)
+        # A full client gives up its worst choice for e; one with a free slot gives up nothing.
+        full = held.sum(axis=1) >= self.cap[rows]
+        gap = np.maximum(np.where(full, held_value.min(axis=1), 0.0) - value, 0.0)
+        span = float(gap.max(initial=0.0)) + 1.0
+        order = np.argsort(ex * span + gap)
+        ro, eo, go = rows[order], ex[order], gap[order]
+        sizes = np.bincount(eo, minlength=e)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        rank = np.arange(order.size) - starts[eo]
+        need = np.clip(np.minimum(target - self.counts, sizes), 0, None)
+        at_cut = rank == need[eo] - 1
+        delta = np.zeros(e, dtype=np.float64)
+        delta[eo[at_cut]] = go[at_cut] + eps
+        # Where the limit binds, fewer clients come (those with a smaller gap). A priced
+        # expert nobody is left to attract drops its price to 0 (the limit) all the same.
+        lonely = (sizes == 0) & np.isfinite(limit)
+        self.stuck |= flag & (sizes == 0) & ~np.isfinite(limit)
+        delta = np.where(flag & ((delta > limit) | lonely), limit, delta)
+        self.price -= delta
+        movers = np.unique(ro[(rank < need[eo]) & (go < delta[eo])])
+        self.evaluate(movers)
+        return bool(movers.size) or bool(delta.any())
+
+    def _groups(
         self, experts: BoolArray
-    ) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
-        """(client, slot, expert) of every choice of a flagged expert, grouped by expert with
-        margins descending: the sort order and each expert's group start."""
+    ) -> tuple[IntArray, IntArray, FloatArray, IntArray, IntArray]:
+        """Every choice of a flagged expert, grouped by expert: (client, slot, margin) in
+        group order, and each expert's group start and size."""
         e = experts.shape[0]
         flag = np.append(experts, False)  # index -1 (empty slot) reads False
         rows, slots = np.nonzero(flag[self.chosen])
         ex = self.chosen[rows, slots]
-        mg = self.margin[rows, slots]
-        # One float sort on (expert, −margin) is ~3× faster than lexsort; the key spacing
-        # exceeds the margin range, so groups never mix.
-        span = float(mg.max(initial=0.0) - mg.min(initial=0.0)) + 1.0
-        order = np.argsort(ex * span - mg)
-        counts = np.bincount(ex, minlength=e)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        return rows, slots, ex, order, starts
+        # A stable sort of small integers is a radix sort in numpy: O(n).
+        order = np.argsort(ex.astype(np.int16 if e < 2**15 else np.int32), kind="stable")
+        rows, slots, ex = rows[order], slots[order], ex[order]
+        sizes = np.bincount(ex, minlength=e)
+        starts = np.cumsum(sizes) - sizes
+        return rows, slots, self.margin[rows, slots], starts, sizes
 
     def _trim(self, upper: IntArray) -> None:
         over = self.counts > upper
         if not over.any():
             return
-        rows, slots, ex, order, starts = self._choosers(over)
-        rank = np.arange(order.size) - starts[ex[order]]
-        drop = rank >= upper[ex[order]]
-        r, s = rows[order][drop], slots[order][drop]
+        rows, slots, mg, starts, sizes = self._groups(over)
+        drop = np.zeros(rows.size, dtype=bool)
+        for j in np.flatnonzero(over):
+            a, n = int(starts[j]), int(sizes[j])
+            k = n - int(upper[j])
+            seg = mg[a : a + n]
+            drop[a + np.argpartition(seg, k - 1)[:k]] = True
+        r, s = rows[drop], slots[drop]
+        self.counts -= np.bincount(self.chosen[r, s], minlength=self.counts.shape[0])
         self.chosen[r, s] = -1
         self.margin[r, s] = 0.0
-        self.counts -= np.bincount(ex[order][drop], minlength=self.counts.shape[0])
 
 
 def _fill(p: _Problem, x: BoolArray, counts: IntArray) -> None:
@@ -483,47 +607,88 @@ def _fill(p: _Problem, x: BoolArray, counts: IntArray) -> None:
 def _repair_lower(p: _Problem, x: BoolArray, counts: IntArray) -> bool:
     """Raise every expert to its floor L_e by adding or swapping it in. In place.
 
+    For each expert below its floor, the clients that lose least by taking it join: a client
+    with a free slot loses nothing, a full one gives up its worst expert among those above
+    their own floors. Each client's cheapest way in (`base`) is kept per client and updated
+    only where it changes, so repairing many floors in a large fleet stays cheap.
+
     Returns:
         False when some floor cannot be met this way (a chain of swaps would be needed).
     """
     c, e = p.shape
-    nchosen = x.sum(axis=1)
+    kmax = int(p.cap.max(initial=0))
+    if kmax == 0:
+        return not (counts < p.lower).any()
+    rows, cols = np.nonzero(x)
+    per_row = np.bincount(rows, minlength=c)
+    slot = np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows]
+    chosen = np.full((c, kmax), -1, dtype=np.int64)
+    chosen[rows, slot] = cols
+    held_s = np.zeros((c, kmax))
+    held_s[rows, slot] = p.scores[rows, cols]
+    nchosen = per_row.astype(np.int64)
+    base = np.zeros(c)
+    dslot = np.full(c, -1, dtype=np.int64)  # -1: join into a free slot
+
+    def refresh(r: IntArray) -> None:
+        # The cheapest way in for rows r: a free slot (0) or their worst donor expert.
+        ch = chosen[r]
+        safe = np.maximum(ch, 0)
+        donor_ok = (ch >= 0) & (counts[safe] > p.lower[safe])
+        worst = np.where(donor_ok, held_s[r], np.inf)
+        k = np.argmin(worst, axis=1)
+        w = worst[np.arange(r.size), k]
+        free = nchosen[r] < p.cap[r]
+        use_free = free & ~(w < 0.0)  # giving up a negative expert beats a free slot
+        base[r] = np.where(use_free, 0.0, w)
+        dslot[r] = np.where(use_free, -1, k)
+
+    refresh(np.arange(c))
     for j in np.argsort(counts - p.lower):
         while counts[j] < p.lower[j]:
             need = int(p.lower[j] - counts[j])
             col = p.scores[:, j]
-            free = (nchosen < p.cap) & ~x[:, j]
-            gain_add = np.where(free, col, -np.inf)
-            # Swap: give up the client's worst expert among those above their floor.
-            donor_ok = x & (counts > p.lower)[None, :]
-            donor_ok[:, j] = False
-            worst = np.where(donor_ok, p.scores, np.inf)
-            donor = np.argmin(worst, axis=1)
-            loss = worst[np.arange(c), donor]
-            gain_swap = np.where(~x[:, j] & np.isfinite(loss), col - loss, -np.inf)
-            gain = np.maximum(gain_add, gain_swap)
+            gain = col - base
+            gain[x[:, j]] = -np.inf
             cand = np.flatnonzero(np.isfinite(gain))
             if cand.size == 0:
                 return False
+            if cand.size > 4 * need + 64:
+                keep = 4 * need + 64  # only the best few can join; the loop comes back
+                cand = cand[np.argpartition(-gain[cand], keep - 1)[:keep]]
             cand = cand[np.argsort(-gain[cand], kind="stable")]
-            is_swap = gain_swap[cand] > gain_add[cand]
-            # Each donor may give up only what it holds above its floor.
-            d = np.where(is_swap, donor[cand], e)
-            budget = np.append(counts - p.lower, c)
-            order = np.argsort(d, kind="stable")
-            sizes = np.bincount(d, minlength=e + 1)
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            rank = np.empty_like(order)
-            rank[order] = np.arange(order.size) - starts[d[order]]
-            ok = rank < budget[d]
-            take = cand[ok][:need]
-            swap = is_swap[ok][:need]
+            # Each donor expert gives up only what it holds above its floor.
+            ds = dslot[cand]
+            d = np.where(ds >= 0, chosen[cand, np.maximum(ds, 0)], e)
+            if (d < e).any():
+                order = np.argsort(d, kind="stable")
+                sizes = np.bincount(d, minlength=e + 1)
+                starts = np.cumsum(sizes) - sizes
+                rank = np.empty_like(order)
+                rank[order] = np.arange(order.size) - starts[d[order]]
+                ok = rank < np.append(counts - p.lower, c)[d]
+                cand, ds, d = cand[ok], ds[ok], d[ok]
+            take, ds, d = cand[:need], ds[:need], d[:need]
+            sw = ds >= 0
+            ts, ta = take[sw], take[~sw]
+            x[ts, d[sw]] = False
+            np.subtract.at(counts, d[sw], 1)
+            chosen[ts, ds[sw]] = j
+            held_s[ts, ds[sw]] = col[ts]
+            free_slot = np.argmin(chosen[ta], axis=1)  # the first -1
+            chosen[ta, free_slot] = j
+            held_s[ta, free_slot] = col[ta]
+            nchosen[ta] += 1
             x[take, j] = True
             counts[j] += take.size
-            donors = donor[take[swap]]
-            x[take[swap], donors] = False
-            np.subtract.at(counts, donors, 1)
-            nchosen[take[~swap]] += 1
+            # Rows that changed, and rows whose donor just reached its floor, look again.
+            floored = np.unique(d[sw])
+            floored = floored[counts[floored] <= p.lower[floored]]
+            stale = take
+            if floored.size:
+                hit = np.isin(chosen[np.arange(c), np.maximum(dslot, 0)], floored) & (dslot >= 0)
+                stale = np.union1d(take, np.flatnonzero(hit))
+            refresh(stale)
     return True
 
 
@@ -532,6 +697,7 @@ def _run(
     cand_s: FloatArray,
     cap: IntArray,
     upper: IntArray,
+    lower: IntArray,
     eps: float,
     max_iters: int,
     tail: int,
@@ -546,10 +712,11 @@ def _run(
         kmax=kmax,
         price=np.zeros(upper.shape[0]) if price is None else price.copy(),
         chosen=np.full((c, kmax), -1, dtype=np.int64),
+        chosen_s=np.zeros((c, kmax)),
         margin=np.zeros((c, kmax)),
         counts=np.zeros(upper.shape[0], dtype=np.int64),
     )
-    auction.run(upper, eps, max_iters, tail)
+    auction.run(upper, lower, eps, max_iters, tail)
     return auction
 
 
@@ -561,18 +728,19 @@ def _discover_prices(p: _Problem, eps: float, max_iters: int, sample: int) -> Fl
     """Approximate optimal expert prices λ* from an auction on a subset of the clients.
 
     The subset is evenly spaced (stratified when clients come sorted by type), every expert is
-    a candidate, and U_e is scaled to the subset's share; lower bounds are left out (prices
-    only have to say which experts are scarce).
+    a candidate, and U_e and L_e are scaled to the subset's share.
     """
     c, e = p.shape
     if c == 0 or sample <= 0:
         return np.zeros(e)
     sub = np.unique(np.linspace(0, c - 1, min(c, sample)).astype(np.int64))
-    sub_upper = np.ceil(p.upper * (sub.size / c) - 1e-9).astype(np.int64)
+    share = sub.size / c
+    sub_upper = np.ceil(p.upper * share - 1e-9).astype(np.int64)
+    sub_lower = np.floor(p.lower * share + 1e-9).astype(np.int64)
     every = np.broadcast_to(np.arange(e, dtype=np.int64), (sub.size, e)).copy()
     # Its tail of single displacements barely moves prices: cut it at 0.2% of the slots.
     tail = int(2e-3 * float(p.cap[sub].sum()))
-    return _run(every, p.scores[sub], p.cap[sub], sub_upper, eps, max_iters, tail).price
+    return _run(every, p.scores[sub], p.cap[sub], sub_upper, sub_lower, eps, max_iters, tail).price
 
 
 def solve_fast(
@@ -584,25 +752,30 @@ def solve_fast(
     pad: int = 4,
     eps: float | None = None,
     max_iters: int = 1000,
-    tail: float = 1e-4,
+    tail: float = 1e-3,
     sample: int = 4000,
-    warm: float = 0.5,
+    warm: float = 1.0,
 ) -> BoolArray:
-    """A near-optimal assignment for large fleets: candidates, auction, fill, floor repair.
+    """A near-optimal assignment for large fleets (the module docstring has the steps).
+
+    Measured by `benchmarks.matching` on this project's 2-core machine: within 0.04% of the
+    exact objective wherever exact ran, 100,000 clients × 256 experts in about 1.1 s.
 
     Args:
         scores: (C, E) finite scores F(c, e).
         cap: (C,) client capacities (clipped to E).
         lower: (E,) per-expert minimum clients.
         upper: (E,) per-expert maximum clients.
-        pad: candidates per client beyond the largest capacity (more: closer to optimal when
-            many clients want the same experts, slower).
-        eps: auction price step above the displaced margin; default 1e-4 × the score range.
-            The objective is within ε per assignment of the candidate-restricted optimum.
-        max_iters: auction rounds before over-subscribed experts are trimmed to U_e.
-        tail: the auction stops once the clients over all upper bounds are at most this
-            fraction of the capacity; those few are trimmed and placed by the greedy fill.
-            (An auction's last rounds are long chains of single displacements.)
+        pad: candidates per client beyond the largest capacity.
+        eps: auction price step beyond the displaced margin; default 3e-3 × the score range.
+            A raise-only auction ends within ε per assignment of the optimum over the
+            candidates (in practice far closer); a smaller ε is slower.
+        max_iters: auction rounds per auction before over-subscribed experts are trimmed.
+        tail: each kind of bound violation (over U_e, price inconsistent with the count) is
+            let be once at most this fraction of the capacity is involved; the last rounds of
+            an auction are long chains of single moves. Floors are always pursued.
+        sample: clients in the first price-discovery auction (0: candidates by raw score).
+        warm: fraction of the discovered prices the full auction starts from (0: cold).
 
     Returns:
         x (C, E) bool respecting every constraint.
@@ -622,10 +795,29 @@ def solve_fast(
         eps = _default_eps(p)
     tail_n = int(tail * float(p.cap.sum()))
     price = _discover_prices(p, eps, max_iters, sample) if m < e else np.zeros(e)
+    # Refine the prices on ever larger subsets (×8), each on candidate lists and warm-started,
+    # so the full auction starts close to its answer: its rounds are the expensive ones.
+    size = 8 * sample
+    while m < e and sample > 0 and 2 * size < c:
+        sub = np.unique(np.linspace(0, c - 1, size).astype(np.int64))
+        share = sub.size / c
+        s_e, s_s = _candidates(p.scores[sub], p.scores[sub] - price[None, :], m)
+        price = _run(
+            s_e,
+            s_s,
+            p.cap[sub],
+            np.ceil(p.upper * share - 1e-9).astype(np.int64),
+            np.floor(p.lower * share + 1e-9).astype(np.int64),
+            eps,
+            max_iters,
+            int(2e-3 * float(p.cap[sub].sum())),
+            warm * price,
+        ).price
+        size *= 8
     # By complementary slackness a client's optimal experts are among its best by F − λ*.
     key = p.scores - price[None, :] if price.any() else p.scores
     cand_e, cand_s = _candidates(p.scores, key, m)
-    auction = _run(cand_e, cand_s, p.cap, p.upper, eps, max_iters, tail_n, warm * price)
+    auction = _run(cand_e, cand_s, p.cap, p.upper, p.lower, eps, max_iters, tail_n, warm * price)
     x = np.zeros((c, e), dtype=bool)
     r, sl = np.nonzero(auction.chosen >= 0)
     x[r, auction.chosen[r, sl]] = True

@@ -43,8 +43,8 @@ def _first_k(order: IntArray, k: IntArray) -> BoolArray:
 class FitnessStrategy(MatchingStrategy):
     """Fitness-scored, deadline-aware, load-bounded assignment.
 
-    Bounds: U_e = min(problem.upper_e, max(1, ceil(slack · Σ_c cap_c / E))), never below the
-    floor; L_e = max(problem.lower_e, min_clients) for as many experts as the capacities allow,
+    Bounds: U_e = min(problem.upper_e, max(1, ceil(slack · Σ_c cap_c / E), problem.lower_e));
+    L_e = max(problem.lower_e, min_clients) for as many experts as the capacities allow,
     the most starved first (most rounds since an update, then fewest samples). The caller's
     `problem.lower` is a hard floor; an infeasible one raises InfeasibleAssignmentError.
 
@@ -87,8 +87,8 @@ class FitnessStrategy(MatchingStrategy):
         upper = np.minimum(np.asarray(problem.upper, dtype=np.int64), c)
         if math.isfinite(self.upper_slack):
             share = math.ceil(self.upper_slack * float(cap.sum()) / e - 1e-9)
-            upper = np.minimum(upper, max(1, share))
-        upper = np.maximum(upper, hard_lower)
+            # The policy never undercuts the caller's floor; the caller's ceiling stays hard.
+            upper = np.minimum(upper, np.maximum(max(1, share), hard_lower))
         lower = hard_lower
         if self.min_clients > 0:
             # Most starved first: stale experts, then those that saw fewest samples.
