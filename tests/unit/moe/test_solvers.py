@@ -15,6 +15,7 @@ from moe.matching.solvers import (
     assignment_violations,
     check_assignment,
     check_feasible,
+    dual_bound,
     objective,
     solve,
     solve_exact,
@@ -266,3 +267,20 @@ def test_fast_variants_stay_valid_and_close(kwargs: dict[str, float], tolerance:
     x = solve_fast(scores, cap, lower, upper, **kwargs)  # type: ignore[arg-type]
     check_assignment(x, cap, lower, upper)
     assert objective(scores, x) >= exact - tolerance * abs(exact)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dual_bound_is_an_upper_bound(seed: int) -> None:
+    scores, cap, lower, upper = skewed(300, 24, seed)
+    if seed % 2:
+        scores = scores - 0.3  # some negative pairs
+        lower = lower + 2
+    best = objective(scores, solve_exact(scores, cap, lower, upper))
+    bound = dual_bound(scores, cap, lower, upper)
+    assert bound >= best - 1e-7
+    assert bound <= best + 0.01 * abs(best)  # the discovered prices are close to optimal
+    rng = np.random.default_rng(seed)
+    anything = rng.normal(0.0, 0.3, size=24)
+    assert dual_bound(scores, cap, lower, upper, anything) >= best - 1e-7
+    with pytest.raises(ValueError, match="price"):
+        dual_bound(scores, cap, lower, upper, np.zeros(3))
