@@ -1,0 +1,1 @@
+"""In-process federated simulation: the experiment engine and its summary figures."""
