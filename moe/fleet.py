@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moe.parts import SHARED, expert_index, expert_part_id
+from moe.profiles import DEFAULT_MEMORY_THRESHOLDS_MB, capacity_from_memory
 
 IntArray = NDArray[np.int64]
 
@@ -92,7 +93,7 @@ class FleetSpec:
     memory_median_mb: float = 2048.0
     memory_sigma: float = 0.6
     memory_range_mb: tuple[float, float] = (256.0, 16384.0)
-    capacity_thresholds_mb: tuple[float, float] = (1536.0, 3072.0)
+    capacity_thresholds_mb: tuple[float, ...] = DEFAULT_MEMORY_THRESHOLDS_MB
     battery_range: tuple[float, float] = (0.1, 1.0)
     availability_beta: tuple[float, float] = (2.0, 4.0)
     availability_range: tuple[float, float] = (0.05, 0.95)
@@ -107,12 +108,6 @@ DEFAULT_EXPERT_COST = 0.6
 # devices cannot train all their k_c experts in time (33% of those with k_c >= 2), 91% can
 # train at least one. tests/unit/moe/test_fleet.py checks these shares stay in range.
 DEFAULT_DEADLINE_S = 1.5
-
-
-def capacity_from_memory(memory_mb: float, thresholds_mb: tuple[float, float]) -> int:
-    """k_c from the memory budget: 1 below the first threshold, 2 below the second, else 3."""
-    low, high = thresholds_mb
-    return 1 if memory_mb < low else 2 if memory_mb < high else 3
 
 
 def make_fleet(

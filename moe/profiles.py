@@ -23,11 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-# Memory thresholds (MB) of `capacity_from_memory`: below 256 MB a device holds one expert, below
-# 1024 MB two, from 1024 MB three. A small MoE expert is well under 1 MB of weights; the budget
-# covers the shared encoder, optimizer state and activations for local batches, and leaves the
-# device's own workload its memory (sensor nodes ~64–256 MB, gateways ~512 MB, phones ≥ 1 GB).
-DEFAULT_MEMORY_THRESHOLDS_MB: tuple[float, ...] = (256.0, 1024.0)
+# Memory thresholds (MB) of `capacity_from_memory`: below 1536 MB a device holds one expert,
+# below 3072 MB two, from 3072 MB three. The budget covers the shared encoder, optimizer state and
+# activations for local batches, and leaves the device's own workload its memory. One constant
+# for the fleet generator (`moe.fleet`) and the profiler, so a simulated device's k_c and the one
+# the profiler derives from its telemetry agree; with the fleet's memory distribution
+# P(k_c = 1, 2, 3) ≈ 0.32, 0.43, 0.25.
+DEFAULT_MEMORY_THRESHOLDS_MB: tuple[float, ...] = (1536.0, 3072.0)
 
 # The prior completion rate of a device that has not finished (or missed) a round yet.
 COMPLETION_PRIOR = 1.0
@@ -137,7 +139,7 @@ def capacity_from_memory(
 ) -> int:
     """k_c from a memory budget: 1 plus the number of thresholds the budget reaches.
 
-    With the default thresholds (256, 1024): < 256 MB → 1, [256, 1024) MB → 2, ≥ 1024 MB → 3.
+    With the default thresholds (1536, 3072): < 1536 MB → 1, [1536, 3072) MB → 2, else 3.
     Every device that reports telemetry can hold at least one expert; whether it can *train* it
     in time is the deadline capacity's business (`moe.matching.fitness.deadline_capacity`).
 

@@ -317,6 +317,8 @@ class ExpertLoad(Message):
     rounds_since_update: tuple[int, ...]
     cv: float
     max_mean: float
+    clients_ewma: tuple[float, ...] = ()  # EWMA over closed rounds of clients per expert
+    rounds_closed: int = 0
 
     def _validate_body(self) -> None:
         n = "ExpertLoad"
@@ -331,6 +333,10 @@ class ExpertLoad(Message):
         _check(all(_finite(x) and x >= 0 for c in cols for x in c), n, "values must be >= 0")
         _check(_finite(self.cv) and self.cv >= 0, n, "cv")
         _check(_finite(self.max_mean) and self.max_mean >= 0, n, "max_mean")
+        ewma = self.clients_ewma
+        _check(len(ewma) in (0, len(self.assigned_clients)), n, "clients_ewma length")
+        _check(all(_finite(x) and x >= 0 for x in ewma), n, "clients_ewma values >= 0")
+        _check(_is_int(self.rounds_closed) and self.rounds_closed >= 0, n, "rounds_closed >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -353,6 +359,8 @@ class ProfileSnapshot(Message):
     last_seen: float
     routing_histogram: tuple[float, ...]
     expert_quality: Mapping[str, float] = field(default_factory=dict)  # Q(c, e) by part id
+    expert_trials: Mapping[str, int] = field(default_factory=dict)  # rounds tried, by part id
+    last_round: int = -1  # latest round the device was assigned work in (-1 = never)
 
     def _validate_body(self) -> None:
         n = "ProfileSnapshot"
@@ -373,6 +381,10 @@ class ProfileSnapshot(Message):
         _check(len(self.expert_quality) <= MAX_EXPERTS, n, "expert_quality too long")
         for k, v in self.expert_quality.items():
             _check(valid_part_id(k) and _finite(v), n, f"expert_quality[{k!r}]")
+        _check(len(self.expert_trials) <= MAX_EXPERTS, n, "expert_trials too long")
+        for k, t in self.expert_trials.items():
+            _check(valid_part_id(k) and _is_int(t) and t >= 0, n, f"expert_trials[{k!r}]")
+        _check(_is_int(self.last_round) and -1 <= self.last_round < 2**31, n, "last_round")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -425,11 +437,13 @@ class RoundClosed(Message):
 
     reason: str
     parts_closed: int
+    model_versions: Mapping[str, int] = field(default_factory=dict)  # every part after the round
 
     def _validate_body(self) -> None:
         n = "RoundClosed"
         _check(_text(self.reason, MAX_REASON_CHARS), n, "reason too long")
         _check(_is_int(self.parts_closed) and self.parts_closed >= 0, n, "parts_closed >= 0")
+        _check_versions(n, self.model_versions)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

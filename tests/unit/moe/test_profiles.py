@@ -23,7 +23,7 @@ def reading(**kw: object) -> TelemetryReading:
         "device_type": 2,
         "compute_ms_per_sample": 10.0,
         "bandwidth_kbps": 1000.0,
-        "memory_mb": 512.0,
+        "memory_mb": 2048.0,
         "battery": 0.8,
         "num_samples": 120,
         "routing_histogram": (3.0, 1.0, 0.0, 0.0),
@@ -55,8 +55,8 @@ def test_telemetry_ewma_arithmetic() -> None:
     p = fold_telemetry(p, reading(compute_ms_per_sample=20.0), now=3.0, alpha=0.25)
     assert p.compute_ms_per_sample == pytest.approx(0.75 * 12.5 + 0.25 * 20.0)
     # States are taken as reported, not smoothed.
-    p = fold_telemetry(p, reading(memory_mb=2048.0, battery=0.1, num_samples=7), now=4.0)
-    assert (p.memory_mb, p.capacity, p.battery, p.num_samples) == (2048.0, 3, 0.1, 7)
+    p = fold_telemetry(p, reading(memory_mb=4096.0, battery=0.1, num_samples=7), now=4.0)
+    assert (p.memory_mb, p.capacity, p.battery, p.num_samples) == (4096.0, 3, 0.1, 7)
 
 
 def test_empty_histogram_keeps_the_last_one() -> None:
@@ -95,7 +95,7 @@ def test_reading_validation(kw: dict[str, object], match: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("memory", "k"), [(64.0, 1), (255.9, 1), (256.0, 2), (1023.0, 2), (1024.0, 3), (8192.0, 3)]
+    ("memory", "k"), [(64.0, 1), (1535.9, 1), (1536.0, 2), (3071.0, 2), (3072.0, 3), (8192.0, 3)]
 )
 def test_capacity_thresholds(memory: float, k: int) -> None:
     assert capacity_from_memory(memory) == k

@@ -96,6 +96,8 @@ def _expert_load(draw: st.DrawFn) -> schemas.Message:
             rounds_since_update=st.just(column(uints)),
             cv=nonneg,
             max_mean=nonneg,
+            clients_ewma=st.just(column(nonneg)),
+            rounds_closed=uints,
         )
     )
     return message
@@ -185,6 +187,8 @@ STRATEGIES: dict[type[schemas.Message], st.SearchStrategy[schemas.Message]] = {
         last_seen=nonneg,
         routing_histogram=histograms,
         expert_quality=st.dictionaries(expert_ids, finite, max_size=4),
+        expert_trials=st.dictionaries(expert_ids, uints, max_size=4),
+        last_round=st.integers(-1, 2**31 - 1),
     ),
     schemas.RoundOpened: _message(
         schemas.RoundOpened,
@@ -201,7 +205,9 @@ STRATEGIES: dict[type[schemas.Message], st.SearchStrategy[schemas.Message]] = {
         applied=uints,
         reason=st.sampled_from(["quorum", "deadline"]),
     ),
-    schemas.RoundClosed: _message(schemas.RoundClosed, reason=texts, parts_closed=uints),
+    schemas.RoundClosed: _message(
+        schemas.RoundClosed, reason=texts, parts_closed=uints, model_versions=versions
+    ),
     schemas.EvalMetrics: _message(
         schemas.EvalMetrics, accuracy=unit, loss=finite, model_versions=versions
     ),

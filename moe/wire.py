@@ -1,0 +1,140 @@
+"""Conversions between the domain types of `moe` and the wire messages of `schemas`.
+
+One place for them, so the profiler, the load monitor, the matcher, the devices and the
+in-process simulation agree on what a field means. Domain types key experts by index; the
+wire keys them by part id (`expert-3`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from moe.load import ExpertLoadState, imbalance
+from moe.parts import expert_index, expert_part_id
+from moe.profiles import ClientProfile, TelemetryReading
+from schemas.messages import ExpertLoad, ProfileSnapshot, Telemetry
+
+
+def _by_part(values: Mapping[int, float]) -> dict[str, float]:
+    return {expert_part_id(e): float(v) for e, v in values.items()}
+
+
+def _by_index(values: Mapping[str, float], num_experts: int | None = None) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for part, v in values.items():
+        e = expert_index(part)
+        if e is not None and (num_experts is None or e < num_experts):
+            out[e] = v
+    return out
+
+
+def telemetry_reading(message: Telemetry) -> TelemetryReading:
+    """The domain reading of a Telemetry message."""
+    return TelemetryReading(
+        device_id=message.device_id,
+        device_type=message.device_type,
+        compute_ms_per_sample=message.compute_ms_per_sample,
+        bandwidth_kbps=message.bandwidth_kbps,
+        memory_mb=message.memory_mb,
+        battery=message.battery,
+        num_samples=message.num_samples,
+        routing_histogram=tuple(message.routing_histogram),
+    )
+
+
+def expert_losses(message: Telemetry, num_experts: int | None = None) -> dict[int, float]:
+    """The per-expert local losses a Telemetry message reports, by expert index."""
+    return _by_index(message.expert_loss, num_experts)
+
+
+def profile_snapshot(
+    profile: ClientProfile, *, message_id: str, timestamp: float, round: int = 0
+) -> ProfileSnapshot:
+    """The wire form of a profile (Kafka `profiles`, key = device id)."""
+    return ProfileSnapshot(
+        message_id=message_id,
+        device_id=profile.device_id,
+        round=round,
+        timestamp=timestamp,
+        device_type=profile.device_type,
+        compute_ms_per_sample=profile.compute_ms_per_sample,
+        bandwidth_kbps=profile.bandwidth_kbps,
+        memory_mb=profile.memory_mb,
+        capacity=profile.capacity,
+        battery=profile.battery,
+        online=profile.online,
+        num_samples=profile.num_samples,
+        completion_rate=profile.completion_rate,
+        rounds_assigned=profile.rounds_assigned,
+        rounds_completed=profile.rounds_completed,
+        last_seen=profile.last_seen,
+        routing_histogram=tuple(profile.routing_histogram),
+        expert_quality=_by_part(profile.expert_quality),
+        expert_trials={expert_part_id(e): int(n) for e, n in profile.expert_trials.items()},
+        last_round=profile.last_round,
+    )
+
+
+def client_profile(snapshot: ProfileSnapshot) -> ClientProfile:
+    """The domain profile of a ProfileSnapshot (inverse of `profile_snapshot`)."""
+    return ClientProfile(
+        device_id=snapshot.device_id,
+        device_type=snapshot.device_type,
+        compute_ms_per_sample=snapshot.compute_ms_per_sample,
+        bandwidth_kbps=snapshot.bandwidth_kbps,
+        memory_mb=snapshot.memory_mb,
+        capacity=snapshot.capacity,
+        battery=snapshot.battery,
+        online=snapshot.online,
+        num_samples=snapshot.num_samples,
+        completion_rate=snapshot.completion_rate,
+        rounds_assigned=snapshot.rounds_assigned,
+        rounds_completed=snapshot.rounds_completed,
+        last_seen=snapshot.last_seen,
+        last_round=snapshot.last_round,
+        routing_histogram=tuple(snapshot.routing_histogram),
+        expert_quality=_by_index(snapshot.expert_quality),
+        expert_trials={e: int(n) for e, n in _by_index(snapshot.expert_trials).items()},
+    )
+
+
+def expert_load_message(
+    state: ExpertLoadState, *, message_id: str, timestamp: float, round: int, device_id: str
+) -> ExpertLoad:
+    """The wire form of the global expert load (Kafka `expert-load`, key = "load").
+
+    `cv` and `max_mean` are the imbalance of clients per expert: of the current round's
+    assignment when there is one, else of the EWMA over closed rounds.
+    """
+    counts = state.assigned_clients if state.assigned_clients.any() else state.clients_ewma
+    cv, max_mean = imbalance(counts)
+    return ExpertLoad(
+        message_id=message_id,
+        device_id=device_id,
+        round=round,
+        timestamp=timestamp,
+        assigned_clients=tuple(int(x) for x in state.assigned_clients),
+        accepted_updates=tuple(int(x) for x in state.accepted_updates),
+        samples_routed=tuple(float(x) for x in state.samples_routed),
+        rounds_since_update=tuple(int(x) for x in state.rounds_since_update),
+        cv=cv,
+        max_mean=max_mean,
+        clients_ewma=tuple(float(x) for x in state.clients_ewma),
+        rounds_closed=state.rounds_closed,
+    )
+
+
+def expert_load_state(message: ExpertLoad) -> ExpertLoadState:
+    """The domain load state of an ExpertLoad message (inverse of `expert_load_message`)."""
+    e = len(message.assigned_clients)
+    ewma = message.clients_ewma or (0.0,) * e
+    return ExpertLoadState(
+        assigned_clients=np.asarray(message.assigned_clients, dtype=np.int64),
+        accepted_updates=np.asarray(message.accepted_updates, dtype=np.int64),
+        clients_ewma=np.asarray(ewma, dtype=np.float64),
+        samples_routed=np.asarray(message.samples_routed, dtype=np.float64),
+        rounds_since_update=np.asarray(message.rounds_since_update, dtype=np.int64),
+        rounds_closed=message.rounds_closed,
+    )
