@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # sklearn's dep
+from threadpoolctl import threadpool_limits  # sklearn's dep
 
 from moe.model import (
     MoEConfig,

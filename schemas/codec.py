@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import numpy as np
 
 from schemas.errors import (

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import numpy as np
 
 from schemas.errors import OversizeError, TensorError

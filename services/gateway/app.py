@@ -17,12 +17,9 @@ broker) and stop the producer; every step is bounded by `drain_timeout_s` or the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -34,11 +31,10 @@ from brokers.errors import BrokerError
 from brokers.kafka import KafkaProducer, Producer
 from brokers.mqtt import MqttMessage, MqttSession
 from brokers.settings import BrokerSettings
-from fedmoe.errors import FedMoEError, SettingsError
-from fedmoe.settings import add_arguments, from_args
 from schemas.errors import SchemaError
 from schemas.topics import Topic, TopicTable
 from services.deadletter import dead_letter
+from services.entrypoint import service_main
 from services.errors import InvalidPayload
 from services.gateway.logic import Forward, Reject, route_inbound, route_outbound, subscriptions
 from services.gateway.settings import GatewaySettings
@@ -373,39 +369,18 @@ async def run_gateway(
             await gateway.wait()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """`fedmoe service gateway` flags: gateway, broker and runtime settings (env names shown)."""
-    parser = argparse.ArgumentParser(
-        prog="fedmoe service gateway",
-        description="MQTT ↔ Kafka gateway: device telemetry, status and updates into Kafka "
-        "(PUBACK after Kafka's ack), assignments, acks and model weights out to devices.",
-    )
-    parser.add_argument(
-        "--log-level", default=None, help="logging level (env FEDMOE_LOG_LEVEL; default INFO)"
-    )
-    for cls in (GatewaySettings, BrokerSettings, RuntimeSettings):
-        add_arguments(parser, cls)
-    return parser
+DESCRIPTION = (
+    "MQTT ↔ Kafka gateway: device telemetry, status and updates into Kafka "
+    "(PUBACK after Kafka's ack), assignments, acks and model weights out to devices."
+)
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry point of `fedmoe service gateway`; the only place that reads `os.environ`."""
-    args = build_parser().parse_args(list(argv))
-    environ = os.environ
-    try:
-        gateway = from_args(GatewaySettings, args, environ)
-        broker = from_args(BrokerSettings, args, environ)
-        runtime = from_args(RuntimeSettings, args, environ)
-    except SettingsError as exc:
-        print(f"fedmoe service gateway: {exc}", file=sys.stderr)
-        return 2
-    level = (args.log_level or environ.get("FEDMOE_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    """Entry point of `fedmoe service gateway`."""
+    return service_main(
+        argv,
+        name=NAME,
+        description=DESCRIPTION,
+        settings=(GatewaySettings, BrokerSettings, RuntimeSettings),
+        run=lambda gateway, broker, runtime: run_gateway(broker, gateway, runtime),
     )
-    try:
-        asyncio.run(run_gateway(broker, gateway, runtime))
-    except FedMoEError as exc:
-        log.error("%s: stopped on error: %s: %s", NAME, type(exc).__name__, exc)
-        return 1
-    return 0

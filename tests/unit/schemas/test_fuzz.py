@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

@@ -10,7 +10,7 @@ import struct
 import time
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import numpy as np
 import pytest
 
