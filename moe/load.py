@@ -110,6 +110,24 @@ def on_update_applied(state: ExpertLoadState, expert: int, samples: float) -> Ex
     )
 
 
+def on_part_closed(
+    state: ExpertLoadState, expert: int, applied: int, samples: float
+) -> ExpertLoadState:
+    """Count a closed expert part: `applied` updates carrying `samples` routed samples in all.
+
+    The same as `applied` calls of `on_update_applied` whose samples sum to `samples`, for a
+    consumer that sees the aggregator's per-part result rather than every update.
+    """
+    if applied < 0:
+        raise ValueError(f"applied must be >= 0, got {applied}")
+    if applied == 0:
+        return state
+    state = on_update_applied(state, expert, samples)
+    accepted = state.accepted_updates.copy()
+    accepted[expert] += applied - 1
+    return replace(state, accepted_updates=accepted)
+
+
 def on_round_closed(state: ExpertLoadState, alpha: float = 0.5) -> ExpertLoadState:
     """Close the round: fold its clients per expert into the EWMA and start a new round.
 

@@ -59,6 +59,7 @@ class MqttTopic(StrEnum):
     ASSIGNMENT = "{root}/{device}/assignment"  # gateway → device, QoS 1
     ACK = "{root}/{device}/ack"  # gateway → device, QoS 1
     MODEL = "{root}/model/{part}"  # gateway → devices, QoS 1, retained
+    ROUND = "{root}/round"  # gateway → devices, QoS 1, retained: the latest RoundClosed
 
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

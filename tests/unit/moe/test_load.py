@@ -9,6 +9,7 @@ from moe.load import (
     ExpertLoadState,
     imbalance,
     on_assignment,
+    on_part_closed,
     on_round_closed,
     on_update_applied,
 )
@@ -87,3 +88,12 @@ def test_imbalance(counts: list[int], cv: float, max_mean: float) -> None:
     got_cv, got_mm = imbalance(counts)
     assert got_cv == pytest.approx(cv)
     assert got_mm == pytest.approx(max_mean)
+
+
+def test_part_closed_equals_its_updates() -> None:
+    base = ExpertLoadState.empty(3)
+    one_by_one = on_update_applied(on_update_applied(base, 1, 5.0), 1, 7.0)
+    at_once = on_part_closed(base, 1, 2, 12.0)
+    for name in ("accepted_updates", "samples_routed", "rounds_since_update"):
+        np.testing.assert_array_equal(getattr(at_once, name), getattr(one_by_one, name))
+    assert on_part_closed(base, 0, 0, 0.0) is base
