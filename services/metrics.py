@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     HANDLER_ERRORS = "handler_errors"  # unexpected exceptions from a handler (bugs)
     PUBLISHED = "published"  # MQTT publishes completed (gateway egress)
     PUBACKED = "pubacked"  # MQTT PUBACKs sent after Kafka acknowledged (gateway ingress)
+    SKIPPED = "skipped"  # valid records a handler has nothing to do with (not dead letters)
 
 
 class ServiceMetrics:
