@@ -2,8 +2,9 @@
 
     devices ──MQTT──► Ingress ──► Kafka telemetry / updates / dead-letter
                         └─ PUBACK to the device only after Kafka acked every record of it
-    devices ◄─MQTT── EgressHandler ◄── ServiceRuntime ◄── Kafka assignments / acks / model
+    devices ◄─MQTT── EgressHandler ◄── ServiceRuntime ◄── Kafka assignments/acks/model/rounds
                         └─ the Kafka offset is committed after the MQTT publish completed
+                           (of `rounds` only RoundClosed goes out; the rest is skipped, counted)
 
 One `MqttSession` (persistent, manual PUBACK) carries both directions. A dropped MQTT
 connection is re-established with capped backoff: the ingress restarts on the new connection
@@ -36,7 +37,14 @@ from schemas.topics import Topic, TopicTable
 from services.deadletter import dead_letter
 from services.entrypoint import service_main
 from services.errors import InvalidPayload
-from services.gateway.logic import Forward, Reject, route_inbound, route_outbound, subscriptions
+from services.gateway.logic import (
+    Forward,
+    Reject,
+    Skip,
+    route_inbound,
+    route_outbound,
+    subscriptions,
+)
 from services.gateway.settings import GatewaySettings
 from services.handler import InboundRecord, Outbound
 from services.metrics import Outcome, ServiceMetrics
@@ -53,7 +61,7 @@ from services.runtime import (
 log = logging.getLogger(__name__)
 
 NAME = "gateway"
-EGRESS_TOPICS = (Topic.ASSIGNMENTS, Topic.ACKS, Topic.MODEL)
+EGRESS_TOPICS = (Topic.ASSIGNMENTS, Topic.ACKS, Topic.MODEL, Topic.ROUNDS)
 
 
 class MqttPublisher(Protocol):
@@ -86,6 +94,9 @@ class EgressHandler:
         decision = route_outbound(self._table, record.topic, record.message)
         if isinstance(decision, Reject):
             raise InvalidPayload(decision.error, decision.reason)
+        if isinstance(decision, Skip):
+            self._metrics.inc(Outcome.SKIPPED)
+            return []
         await self._publisher.publish(decision.topic, record.raw, qos=1, retain=decision.retain)
         self._metrics.inc(Outcome.PUBLISHED)
         return []
@@ -371,7 +382,8 @@ async def run_gateway(
 
 DESCRIPTION = (
     "MQTT ↔ Kafka gateway: device telemetry, status and updates into Kafka "
-    "(PUBACK after Kafka's ack), assignments, acks and model weights out to devices."
+    "(PUBACK after Kafka's ack); assignments, acks, model weights and closed rounds out to "
+    "devices."
 )
 
 

@@ -12,11 +12,14 @@ topic = device id in the payload), and what to produce for it:
 Anything else is a `Reject` (→ dead letter) with a reason. A device id mismatch is treated as
 hostile (a device speaking for another) and rejected like garbage.
 
-Kafka → MQTT (`route_outbound`): where a record of `assignments`, `acks` or `model` goes:
+Kafka → MQTT (`route_outbound`): where a record of `assignments`, `acks`, `model` or `rounds`
+goes:
 
     assignments  Assignment   → {root}/{device}/assignment   QoS 1
     acks         UpdateAck    → {root}/{device}/ack          QoS 1
     model        PartVersion  → {root}/model/{part}          QoS 1, retained
+    rounds       RoundClosed  → {root}/round                 QoS 1, retained (the latest one)
+    rounds       anything else (RoundOpened, PartClosed): `Skip`, the services' own business
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from schemas.messages import (
     ModelUpdate,
     PartUpdate,
     PartVersion,
+    RoundClosed,
     Telemetry,
     UpdateAck,
 )
@@ -158,8 +162,22 @@ class Publish:
     retain: bool
 
 
-def route_outbound(table: TopicTable, kafka_topic: str, message: Message) -> Publish | Reject:
-    """Where a record read from `assignments`, `acks` or `model` goes on MQTT."""
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Not for devices (a valid record the gateway does not forward): count it, publish nothing."""
+
+    reason: str
+
+
+def route_outbound(
+    table: TopicTable, kafka_topic: str, message: Message
+) -> Publish | Skip | Reject:
+    """Where a record read from `assignments`, `acks`, `model` or `rounds` goes on MQTT."""
+    if kafka_topic == table.name(Topic.ROUNDS):
+        # The rounds topic also carries RoundOpened / PartClosed: valid, just not for devices.
+        if not isinstance(message, RoundClosed):
+            return Skip(f"{type(message).__name__} stays on Kafka")
+        return Publish(table.mqtt(MqttTopic.ROUND), retain=True)
     if kafka_topic == table.name(Topic.MODEL):
         if not isinstance(message, PartVersion):
             return Reject(f"{type(message).__name__} on model", "WrongMessageType")

@@ -18,9 +18,12 @@ from schemas import (
     DeadLetter,
     DeviceStatus,
     ModelUpdate,
+    PartClosed,
     PartPayload,
     PartUpdate,
     PartVersion,
+    RoundClosed,
+    RoundOpened,
     Telemetry,
     UpdateAck,
     decode,
@@ -35,6 +38,7 @@ from services.gateway.logic import (
     InboundKind,
     Publish,
     Reject,
+    Skip,
     parse_device_topic,
     route_inbound,
     route_outbound,
@@ -212,6 +216,34 @@ def test_route_outbound() -> None:
     assert bad.error == "BadDeviceId"
 
 
+def round_closed(round_: int = 3) -> RoundClosed:
+    return RoundClosed(
+        message_id=f"rc-{round_}", device_id="matcher", round=round_, timestamp=1.0,
+        reason="complete", parts_closed=3, model_versions={"shared": 2, "expert-0": 1},
+    )  # fmt: skip
+
+
+def test_round_closed_goes_out_retained_and_other_round_events_are_skipped() -> None:
+    rounds = TABLE.name(Topic.ROUNDS)
+    assert route_outbound(TABLE, rounds, round_closed()) == Publish("fleet/round", retain=True)
+    opened = RoundOpened(
+        message_id="ro", device_id="matcher", round=4, timestamp=1.0, deadline=9.0,
+        strategy="fitness", devices=2, expected_parts={"shared": 2}, model_versions={},
+    )  # fmt: skip
+    closed_part = PartClosed(
+        message_id="pc", device_id="aggregator", round=4, timestamp=1.0, part="shared",
+        version=3, applied=2, reason="quorum",
+    )  # fmt: skip
+    for message in (opened, closed_part):
+        decision = route_outbound(TABLE, rounds, message)
+        assert isinstance(decision, Skip), message
+        assert type(message).__name__ in decision.reason
+    # A RoundClosed on any other topic is still a stray.
+    stray = route_outbound(TABLE, TABLE.name(Topic.ACKS), round_closed())
+    assert isinstance(stray, Reject)
+    assert stray.error == "WrongMessageType"
+
+
 # -- the I/O pieces on fakes -----------------------------------------------------------------
 
 
@@ -249,6 +281,22 @@ async def test_egress_publishes_raw_bytes_and_refuses_strays() -> None:
     publisher.fail = [BrokerUnavailable("mqtt down")]
     with pytest.raises(BrokerUnavailable):  # retriable: the runtime retries, no commit
         await handler.handle(record)
+
+
+async def test_egress_forwards_round_closed_retained_and_skips_other_round_events() -> None:
+    publisher, metrics = FakePublisher(), ServiceMetrics("gateway")
+    handler = EgressHandler(TABLE, publisher, metrics)
+    closed = inbound(TABLE.name(Topic.ROUNDS), round_closed(5))
+    assert await handler.handle(closed) == []
+    assert publisher.published == [("fleet/round", closed.raw, 1, True)]
+    marker = PartClosed(
+        message_id="pc", device_id="aggregator", round=5, timestamp=1.0, part="expert-0",
+        version=1, applied=0, reason="deadline",
+    )  # fmt: skip
+    assert await handler.handle(inbound(TABLE.name(Topic.ROUNDS), marker)) == []
+    assert len(publisher.published) == 1  # nothing published, nothing dead-lettered
+    assert metrics.get(Outcome.SKIPPED) == 1
+    assert metrics.get(Outcome.PUBLISHED) == 1
 
 
 class FakeSession:
