@@ -93,3 +93,15 @@ def from_args(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str]
     """Build `cls` from env with the parsed CLI flags on top."""
     names = {f.name for f, _ in _fields(cls)}
     return load_settings(cls, environ, **{k: v for k, v in vars(args).items() if k in names})
+
+
+def to_env(settings: Any) -> dict[str, str]:
+    """The environment that makes a child process read the same `settings` (inverse of load)."""
+    out: dict[str, str] = {}
+    for f, kind in _fields(type(settings)):
+        value = getattr(settings, f.name)
+        if kind is bool:
+            out[f.metadata["env"]] = "true" if value else "false"
+        else:
+            out[f.metadata["env"]] = str(value)
+    return out

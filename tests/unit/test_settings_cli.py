@@ -50,3 +50,13 @@ def test_cli_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nope"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def test_to_env_round_trips_through_load_settings() -> None:
+    from fedmoe.scenario import ScenarioSettings
+    from fedmoe.settings import load_settings, to_env
+
+    original = ScenarioSettings(devices=7, seed=3, regime="label-skew", time_scale=0.5)
+    env = to_env(original)
+    assert env["FEDMOE_SCENARIO_DEVICES"] == "7"
+    assert load_settings(ScenarioSettings, env) == original

@@ -1,0 +1,1 @@
+"""The end-to-end demo: child processes, the bus observer and the run's progress."""
