@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -169,14 +168,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def plot_accuracy(accuracy: Sequence[float], path: Path, label: str) -> None:
+def plot_accuracy(accuracy: Sequence[float | None], path: Path, label: str) -> None:
     """Accuracy per round of the bus run."""
     from matplotlib.figure import Figure  # the OO API: no pyplot state, no display
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    rounds = [r for r, a in enumerate(accuracy, start=1) if not math.isnan(a)]
-    ax.plot(rounds, [accuracy[r - 1] for r in rounds], marker="o", label=label)
+    points = [(r, a) for r, a in enumerate(accuracy, start=1) if a is not None]
+    ax.plot([r for r, _ in points], [a for _, a in points], marker="o", label=label)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_title("fedmoe demo: accuracy over the bus")

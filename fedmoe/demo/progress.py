@@ -7,7 +7,6 @@ record identity (redelivered records, republished results after a restart count 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,13 +97,14 @@ class RunProgress:
     def summary(self, rounds: int) -> dict[str, Any]:
         """The run's figures (the bus side of `summary.json`)."""
         trained = sorted(r for r in self.closed if r > 0)[:rounds]
-        accuracy = [self.accuracy.get(r, math.nan) for r in trained]
+        accuracy = [self.accuracy.get(r) for r in trained]  # None: not evaluated (yet)
+        evaluated = [a for a in accuracy if a is not None]
         return {
             "rounds_completed": self.rounds_completed,
             "initial_accuracy": self.accuracy.get(0),
             "accuracy_per_round": accuracy,
-            "final_accuracy": accuracy[-1] if accuracy else None,
-            "load_cv_per_round": [self.load_cv.get(r, math.nan) for r in trained],
+            "final_accuracy": evaluated[-1] if evaluated else None,
+            "load_cv_per_round": [self.load_cv.get(r) for r in trained],
             "devices_per_round": [self.devices.get(r, 0) for r in trained],
             "updates_applied": self.updates_applied,
             "updates_acked_on_kafka": self.acks_with("applied"),
