@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ import aiomqtt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from brokers.admin import create_topics
+from brokers.errors import BrokerError
 from brokers.local import LocalBrokers
 from brokers.settings import BrokerSettings, LocalBrokerSettings
 from fedmoe.errors import FedMoEError, SettingsError
@@ -54,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
         action = sub.add_parser(name, help=text, description=text)
         add_arguments(action, LocalBrokerSettings)
         action.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    text = "create every Kafka topic of the namespace on an external cluster, then exit"
+    action = sub.add_parser("topics", help=text, description=text)
+    add_arguments(action, BrokerSettings)
+    action.add_argument("--timeout-s", type=float, default=60.0, help="give up after this long")
+    action.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     return parser
 
 
@@ -66,6 +74,8 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.action == "topics":
+            return asyncio.run(topics(from_args(BrokerSettings, args, os.environ), args.timeout_s))
         settings = from_args(LocalBrokerSettings, args, os.environ)
     except SettingsError as exc:
         print(f"fedmoe brokers: {exc}", file=sys.stderr)
@@ -73,6 +83,17 @@ def main(argv: list[str]) -> int:
     if args.action == "up":
         return asyncio.run(up(settings))
     return asyncio.run(smoke(settings))
+
+
+async def topics(settings: BrokerSettings, timeout_s: float) -> int:
+    """Create the namespace's topics on the cluster at `settings.kafka_bootstrap` (idempotent)."""
+    try:
+        report = await create_topics(settings.kafka_bootstrap, settings.topic_table(), timeout_s)
+    except BrokerError as exc:
+        print(f"fedmoe brokers topics: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(dataclasses.asdict(report), sort_keys=True, default=str), flush=True)
+    return 0
 
 
 async def up(settings: LocalBrokerSettings) -> int:

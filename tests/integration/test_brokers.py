@@ -186,6 +186,27 @@ async def test_create_topics_is_idempotent(broker_env: BrokerSettings) -> None:
     assert len(report.existed) == len(KAFKA_TOPICS)
 
 
+async def test_brokers_topics_command_creates_a_namespace(
+    local_brokers: LocalBrokers, namespace: str
+) -> None:
+    env = {**os.environ, **local_brokers.env(), "FEDMOE_NAMESPACE": namespace}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fedmoe",
+        "brokers",
+        "topics",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert sorted(report["created"]) == sorted(n for n, _ in TopicTable(namespace).kafka_specs())
+
+
 async def test_broker_env_kafka_roundtrip(broker_env: BrokerSettings) -> None:
     assert broker_env.kafka_bootstrap.startswith("127.0.0.1:")
     await _kafka_roundtrip(broker_env.kafka_bootstrap, broker_env.topic_table().name(Topic.UPDATES))
