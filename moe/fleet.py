@@ -26,12 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from moe.parts import SHARED, expert_index, expert_part_id
 from moe.profiles import DEFAULT_MEMORY_THRESHOLDS_MB, capacity_from_memory
 
 IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,43 @@ def compute_cost_factor(num_experts: int, expert_cost: float = DEFAULT_EXPERT_CO
     return 1.0 + expert_cost * max(num_experts - 1, 0)
 
 
+def round_seconds(
+    compute_ms_per_sample: ArrayLike,
+    bandwidth_kbps: ArrayLike,
+    num_samples: ArrayLike,
+    epochs: float,
+    num_experts: ArrayLike,
+    bytes_each_way: ArrayLike,
+    *,
+    expert_cost: float = DEFAULT_EXPERT_COST,
+) -> FloatArray:
+    """THE round-time formula (module docstring), element-wise over broadcast arrays.
+
+    Every round time in the project comes from here: what a simulated device takes
+    (`round_time_s`, hence `moe.scenario.Scenario.round_time_s` and the devices of `clients/`),
+    and what the matcher predicts (`max_experts_in_time`, behind
+    `moe.matching.fitness.deadline_capacity`), so prediction and charge cannot drift apart.
+
+    Args:
+        compute_ms_per_sample: ms per training sample through the shared part and one expert.
+        bandwidth_kbps: link rate, kbit/s, both directions.
+        num_samples: local samples.
+        epochs: local epochs.
+        num_experts: experts trained, m (m = 0 costs like m = 1: the shared part alone).
+        bytes_each_way: bytes downloaded, and again uploaded.
+        expert_cost: relative compute per expert beyond the first.
+    """
+    m = np.maximum(np.asarray(num_experts, dtype=np.float64) - 1.0, 0.0)
+    cost = 1.0 + expert_cost * m
+    ms = np.asarray(compute_ms_per_sample, dtype=np.float64)
+    n = np.asarray(num_samples, dtype=np.float64)
+    compute = n * epochs * ms * cost / 1000.0
+    moved = np.asarray(bytes_each_way, dtype=np.float64)
+    transfer = 2 * 8 * moved / (1000.0 * np.asarray(bandwidth_kbps, dtype=np.float64))
+    out: FloatArray = np.asarray(compute + transfer, dtype=np.float64)
+    return out
+
+
 def round_time_s(
     capability: DeviceCapability,
     num_samples: int,
@@ -223,29 +261,65 @@ def round_time_s(
         expert_cost: relative compute per expert beyond the first.
 
     Returns:
-        compute + transfer seconds (see the module docstring).
+        compute + transfer seconds (`round_seconds`).
     """
     moved = part_bytes[SHARED] + sum(part_bytes[expert_part_id(e)] for e in experts_trained)
-    return _round_time(capability, num_samples, epochs, len(experts_trained), moved, expert_cost)
-
-
-def _round_time(
-    capability: DeviceCapability,
-    num_samples: int,
-    epochs: int,
-    num_experts: int,
-    bytes_each_way: int,
-    expert_cost: float,
-) -> float:
-    compute = (
-        num_samples
-        * epochs
-        * capability.compute_ms_per_sample
-        * compute_cost_factor(num_experts, expert_cost)
-        / 1000.0
+    return float(
+        round_seconds(
+            capability.compute_ms_per_sample,
+            capability.bandwidth_kbps,
+            num_samples,
+            epochs,
+            len(experts_trained),
+            moved,
+            expert_cost=expert_cost,
+        )
     )
-    transfer = 2 * 8 * bytes_each_way / (1000.0 * capability.bandwidth_kbps)
-    return compute + transfer
+
+
+def max_experts_in_time(
+    compute_ms_per_sample: ArrayLike,
+    bandwidth_kbps: ArrayLike,
+    num_samples: ArrayLike,
+    epochs: float,
+    *,
+    shared_bytes: float,
+    expert_bytes: float,
+    deadline_s: float,
+    max_experts: ArrayLike,
+    expert_cost: float = DEFAULT_EXPERT_COST,
+) -> IntArray:
+    """Per device, the largest m ≤ max_experts with `round_seconds`(m experts) ≤ deadline_s;
+    0 when even one expert does not fit.
+
+    For m ≥ 1 the round time is affine in m (T(m) = T(1) + (m − 1)·ΔT), so m comes in closed
+    form; it is then checked against `round_seconds` itself at m and m + 1, so the answer is
+    exactly what `round_time_s` would charge (no rounding of the closed form can flip it).
+    """
+    ms = np.asarray(compute_ms_per_sample, dtype=np.float64)
+    kbps = np.asarray(bandwidth_kbps, dtype=np.float64)
+    n = np.asarray(num_samples, dtype=np.float64)
+    cap = np.broadcast_to(np.asarray(max_experts, dtype=np.int64), np.broadcast(ms, kbps, n).shape)
+
+    def time(m: IntArray) -> FloatArray:
+        return round_seconds(
+            ms, kbps, n, epochs, m, shared_bytes + m * expert_bytes, expert_cost=expert_cost
+        )
+
+    one = np.ones(cap.shape, dtype=np.int64)
+    t1 = time(one)
+    step = time(one + 1) - t1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        guess = np.where(step > 0, np.floor((deadline_s - t1) / step) + 1, cap)
+    m = np.clip(np.nan_to_num(guess, nan=0.0, posinf=0.0, neginf=0.0), 0, cap).astype(np.int64)
+    m = np.where(t1 > deadline_s, 0, m)
+    # Exact correction against the formula itself (at most one step either way).
+    over = (m > 0) & (time(np.maximum(m, 1)) > deadline_s)
+    m = m - over
+    under = (m < cap) & (time(m + 1) <= deadline_s)
+    m = m + under
+    out: IntArray = np.clip(m, 0, cap).astype(np.int64)
+    return out
 
 
 def deadline_capacity(
@@ -264,11 +338,16 @@ def deadline_capacity(
     `deadline_s`.
     """
     expert_sizes = [b for pid, b in part_bytes.items() if expert_index(pid) is not None]
-    per_expert = max(expert_sizes, default=0)
-    best = 0
-    for m in range(1, capability.capacity + 1):
-        moved = part_bytes[SHARED] + m * per_expert
-        if _round_time(capability, num_samples, epochs, m, moved, expert_cost) > deadline_s:
-            break  # round time grows with m, so no larger m fits either
-        best = m
-    return best
+    return int(
+        max_experts_in_time(
+            capability.compute_ms_per_sample,
+            capability.bandwidth_kbps,
+            num_samples,
+            epochs,
+            shared_bytes=part_bytes[SHARED],
+            expert_bytes=max(expert_sizes, default=0),
+            deadline_s=deadline_s,
+            max_experts=capability.capacity,
+            expert_cost=expert_cost,
+        )
+    )

@@ -29,7 +29,8 @@ The score of client c for expert e at round t:
 
 Feasibility: a client is offered at most `effective_capacity` = min(k_c, deadline capacity)
 experts, where k_c comes from its memory budget and the deadline capacity from its profiled
-compute and bandwidth (`deadline_capacity`).
+compute and bandwidth (`deadline_capacity`, by the fleet's round-time formula
+`moe.fleet.round_seconds`, so what the matcher predicts is what a device takes).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from moe.fleet import DEFAULT_EXPERT_COST, max_experts_in_time
 from moe.load import ExpertLoadState, imbalance
 from moe.matching.base import FloatArray, IntArray, MatchingInput
 from moe.profiles import ClientProfile
@@ -179,24 +181,28 @@ def deadline_capacity(
     expert_bytes: float,
     epochs: float = 1.0,
     max_experts: int,
+    expert_cost: float = DEFAULT_EXPERT_COST,
 ) -> IntArray:
     """Experts each client can train and upload before the deadline.
 
-    Time model: T(k) = epochs·n·ms/1000 + 8·2·(shared_bytes + k·expert_bytes)/(1000·kbps):
-    local training over its n samples (the gate is masked to the assigned experts, so each
-    sample still passes through the same number of experts and compute does not grow with k),
-    plus downloading and uploading the shared part and k experts. The answer is the largest
-    k ≤ max_experts with T(k) ≤ deadline_s (0 when even the shared part does not fit).
+    The time model is the fleet's, `moe.fleet.round_seconds` (one formula, one place): with
+    m experts, T(m) = epochs·n·ms·(1 + expert_cost·(m − 1))/1000 + 8·2·(shared_bytes +
+    m·expert_bytes)/(1000·kbps): local training, where every assigned expert runs densely so
+    each one beyond the first adds `expert_cost` of the one-expert step time, plus downloading
+    and uploading the shared part and m experts. The answer is the largest m ≤ max_experts
+    with T(m) ≤ deadline_s (0 when even one expert does not fit): a device given exactly that
+    many experts arrives in time by the same arithmetic `moe.fleet.round_time_s` charges.
 
     Args:
         compute_ms_per_sample: (C,) profiled training time per sample, ms.
         bandwidth_kbps: (C,) profiled link bandwidth, kbit/s.
         num_samples: (C,) local samples.
         deadline_s: time from assignment to deadline, seconds.
-        shared_bytes: serialized size of the shared part(s).
-        expert_bytes: serialized size of one expert.
+        shared_bytes: size of the shared part(s), the unit the round-time model charges.
+        expert_bytes: size of one expert.
         epochs: local epochs per round.
         max_experts: upper clip (E, or the largest capacity).
+        expert_cost: relative compute per expert beyond the first (the fleet's by default).
 
     Returns:
         (C,) int64 in [0, max_experts].
@@ -206,12 +212,17 @@ def deadline_capacity(
     n = np.asarray(num_samples, dtype=np.float64)
     if (kbps <= 0).any() or (ms < 0).any():
         raise ValueError("bandwidth must be > 0 and compute time >= 0")
-    bytes_per_s = kbps * 1000.0 / 8.0
-    left = deadline_s - epochs * n * ms / 1000.0 - 2.0 * shared_bytes / bytes_per_s
-    per_expert = 2.0 * expert_bytes / bytes_per_s
-    k = np.floor(left / per_expert + 1e-9) if expert_bytes > 0 else np.full_like(left, max_experts)
-    k = np.where(left < 0, 0, k)
-    return np.clip(k, 0, max_experts).astype(np.int64)
+    return max_experts_in_time(
+        ms,
+        kbps,
+        n,
+        epochs,
+        shared_bytes=shared_bytes,
+        expert_bytes=expert_bytes,
+        deadline_s=deadline_s,
+        max_experts=max_experts,
+        expert_cost=expert_cost,
+    )
 
 
 def capability_scores(
@@ -250,6 +261,7 @@ def build_matching_input(
     epochs: float = 1.0,
     lower: ArrayLike | None = None,
     upper: ArrayLike | None = None,
+    expert_cost: float = DEFAULT_EXPERT_COST,
 ) -> MatchingInput:
     """The matcher's input for `profiles` (rows, in that order) and the global load.
 
@@ -263,6 +275,7 @@ def build_matching_input(
         epochs: local epochs per round.
         lower: hard per-expert floors (default 0: the strategy's policy decides).
         upper: hard per-expert ceilings (default C: the strategy's policy decides).
+        expert_cost: the round-time model's compute per expert beyond the first.
 
     Returns:
         A MatchingInput whose rows follow `profiles`.
@@ -294,6 +307,7 @@ def build_matching_input(
             expert_bytes=expert_bytes,
             epochs=epochs,
             max_experts=e,
+            expert_cost=expert_cost,
         )
         if c
         else np.zeros(0, dtype=np.int64)

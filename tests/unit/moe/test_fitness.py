@@ -164,6 +164,7 @@ def test_effective_capacity() -> None:
 def test_deadline_capacity_time_model() -> None:
     # 100 samples × 10 ms = 1 s compute; 8 kbit/s = 1000 B/s; shared 500 B → 1 s both ways;
     # each expert 250 B → 0.5 s both ways. Deadline 4 s leaves 2 s → 4 experts (clip 3).
+    # expert_cost=0: compute flat in k here (the fleet's per-expert cost is tested with it).
     k = deadline_capacity(
         [10.0, 10.0, 10.0, 50.0],
         [8.0, 8.0, 16.0, 8.0],
@@ -172,10 +173,18 @@ def test_deadline_capacity_time_model() -> None:
         shared_bytes=500.0,
         expert_bytes=250.0,
         max_experts=3,
+        expert_cost=0.0,
     )
     assert k.tolist() == [3, 3, 3, 0]
     k = deadline_capacity(
-        [10.0], [8.0], [100], deadline_s=3.0, shared_bytes=500.0, expert_bytes=250.0, max_experts=8
+        [10.0],
+        [8.0],
+        [100],
+        deadline_s=3.0,
+        shared_bytes=500.0,
+        expert_bytes=250.0,
+        max_experts=8,
+        expert_cost=0.0,
     )
     assert k.tolist() == [2]
 
