@@ -14,11 +14,15 @@ class RoundRecord:
         accuracy: test accuracy of the global model after this round.
         load_cv: std/mean of clients assigned per expert this round.
         late_updates: updates that missed the round deadline (not aggregated).
-        updates_applied: updates aggregated this round.
+        updates_applied: devices whose update was aggregated this round.
         bytes_down: serialized bytes of the parts sent to the assigned devices.
         bytes_up: serialized bytes of the devices' updates (late ones included: they were sent).
         round_time_s: simulated wall time of the round (the slowest in-time device, or the
             deadline when a device was late).
+        loss: test cross-entropy of the global model after this round.
+        devices_online: devices that announced themselves for the round.
+        devices_assigned: devices given at least one expert.
+        updates_rejected: in-time updates the aggregator refused (e.g. non-finite weights).
     """
 
     round: int
@@ -29,15 +33,31 @@ class RoundRecord:
     bytes_down: int
     bytes_up: int
     round_time_s: float
+    loss: float = 0.0
+    devices_online: int = 0
+    devices_assigned: int = 0
+    updates_rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """One (regime, strategy, seed) run."""
+    """One (regime, strategy, seed) run.
+
+    Attributes:
+        regime: the data regime.
+        strategy: the matching strategy's name.
+        seed: the scenario seed.
+        records: rounds 1..R in order.
+        whole_model_bytes: serialized size of every part (one PartVersion each), for the
+            bytes ratio.
+        initial_accuracy: test accuracy of the initial model (the genesis round 0).
+        extra: free-form figures.
+    """
 
     regime: str
     strategy: str
     seed: int
     records: tuple[RoundRecord, ...]
-    whole_model_bytes: int = 0  # serialized size of every part, for the bytes ratio
+    whole_model_bytes: int = 0
+    initial_accuracy: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
