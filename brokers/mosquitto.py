@@ -80,8 +80,10 @@ def render_config(
     max_inflight_messages: int = _DEFAULTS.mqtt_max_inflight_messages,
     user: str | None = None,
     template: str | None = None,
+    bind_address: str = "127.0.0.1",
 ) -> str:
-    """The Mosquitto config for a broker on 127.0.0.1:`port` keeping its files in `run_dir`."""
+    """The Mosquitto config for a broker on `bind_address`:`port` keeping its files in
+    `run_dir` (loopback unless a deployment, e.g. docker/, binds every interface)."""
     if not 0 < port < 65536:
         raise BrokerLaunchError(f"Mosquitto port {port} is not a port")
     if max_queued_messages < 1:
@@ -91,6 +93,7 @@ def render_config(
     run_dir = Path(run_dir).absolute()
     values = {
         "port": str(port),
+        "bind_address": bind_address,
         "user": user if user is not None else pwd.getpwuid(os.geteuid()).pw_name,
         "persistence_dir": _conf_path(run_dir / "mosquitto-data", "run dir"),
         "log_file": _conf_path(run_dir / "mosquitto.log", "run dir"),

@@ -208,6 +208,7 @@ def test_template_placeholders() -> None:
     names = set(re.findall(r"(?<!\$)\$\{(\w+)\}", config_template()))
     assert names == {
         "port",
+        "bind_address",
         "user",
         "persistence_dir",
         "log_file",
