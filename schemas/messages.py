@@ -27,6 +27,9 @@ from schemas.limits import (
 from schemas.topics import valid_segment
 
 UPDATE_STATUSES = frozenset({"applied", "duplicate", "late", "rejected"})
+# ProfileSnapshot.pending_outcome: no verdict yet, an update applied, or one late / rejected.
+PENDING_OUTCOMES = frozenset({"", "applied", "missed"})
+MAX_HANDLED_OFFSETS = 64  # input partitions a ProfileSnapshot records offsets for
 
 
 def _check(cond: bool, cls: str, what: str) -> None:
@@ -361,6 +364,14 @@ class ProfileSnapshot(Message):
     expert_quality: Mapping[str, float] = field(default_factory=dict)  # Q(c, e) by part id
     expert_trials: Mapping[str, int] = field(default_factory=dict)  # rounds tried, by part id
     last_round: int = -1  # latest round the device was assigned work in (-1 = never)
+    # The profiler's own bookkeeping: this topic is its changelog, so what it needs after a
+    # restart travels here. The assigned round whose outcome is not folded yet (-1 = none) and
+    # the verdict heard for it so far; the round of the last telemetry folded (one per round);
+    # the last input offset handled per "topic/partition" (redelivery dedup).
+    pending_round: int = -1
+    pending_outcome: str = ""  # one of PENDING_OUTCOMES
+    telemetry_round: int = -1
+    handled_offsets: Mapping[str, int] = field(default_factory=dict)
 
     def _validate_body(self) -> None:
         n = "ProfileSnapshot"
@@ -385,6 +396,15 @@ class ProfileSnapshot(Message):
         for k, t in self.expert_trials.items():
             _check(valid_part_id(k) and _is_int(t) and t >= 0, n, f"expert_trials[{k!r}]")
         _check(_is_int(self.last_round) and -1 <= self.last_round < 2**31, n, "last_round")
+        for attr in ("pending_round", "telemetry_round"):
+            v = getattr(self, attr)
+            _check(_is_int(v) and -1 <= v < 2**31, n, f"{attr} must be -1..2^31")
+        _check(self.pending_outcome in PENDING_OUTCOMES, n, "pending_outcome")
+        offsets = self.handled_offsets
+        _check(len(offsets) <= MAX_HANDLED_OFFSETS, n, "handled_offsets too long")
+        for k, o in offsets.items():
+            _check(_text(k, MAX_ID_CHARS) and k != "", n, "handled_offsets key")
+            _check(_is_int(o) and 0 <= o < 2**63, n, f"handled_offsets[{k!r}] must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

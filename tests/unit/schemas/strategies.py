@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 import schemas
 from schemas.limits import MAX_EXPERTS, MAX_ID_CHARS, MAX_REASON_CHARS, MAX_TENSOR_RANK
+from schemas.messages import PENDING_OUTCOMES
 
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")
 
@@ -189,6 +190,12 @@ STRATEGIES: dict[type[schemas.Message], st.SearchStrategy[schemas.Message]] = {
         expert_quality=st.dictionaries(expert_ids, finite, max_size=4),
         expert_trials=st.dictionaries(expert_ids, uints, max_size=4),
         last_round=st.integers(-1, 2**31 - 1),
+        pending_round=st.integers(-1, 2**31 - 1),
+        pending_outcome=st.sampled_from(sorted(PENDING_OUTCOMES)),
+        telemetry_round=st.integers(-1, 2**31 - 1),
+        handled_offsets=st.dictionaries(
+            st.text(min_size=1, max_size=MAX_ID_CHARS), st.integers(0, 2**63 - 1), max_size=4
+        ),
     ),
     schemas.RoundOpened: _message(
         schemas.RoundOpened,
