@@ -20,7 +20,9 @@ Guarantees (at-least-once, never lost):
   and are handled;
 - `stop()` lets the current record finish, delivers and commits what was handled, and ends the
   loop; retries and backoffs are interrupted by it (those inputs are redone after a restart);
-- ticks run in the same task as `handle`, so a handler never sees two calls at once.
+- ticks run in the same task as `handle`, so a handler never sees two calls at once;
+- a handler that is a `PartitionListener` hears of every revoke (after the batch in hand was
+  committed, or the wait for it gave up) and every assignment, under the same lock.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from brokers.errors import BrokerError
 from brokers.kafka import CommitFailed, ConsumedRecord, Consumer, ConsumerStopped, Partition
@@ -40,7 +42,14 @@ from schemas.messages import Message
 from schemas.topics import Topic, TopicTable
 from services.deadletter import dead_letter
 from services.errors import InvalidPayload, ServiceFailed
-from services.handler import Checkpointer, Handler, InboundRecord, Outbound, Ticker
+from services.handler import (
+    Checkpointer,
+    Handler,
+    InboundRecord,
+    Outbound,
+    PartitionListener,
+    Ticker,
+)
 from services.metrics import Outcome, ServiceMetrics
 from services.runtime.delivery import Backoff, Delivery, EncodedRecord, encode_outbound
 from services.runtime.settings import RuntimeSettings
@@ -77,6 +86,7 @@ class ConsumeLoop:
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._ticker = handler if isinstance(handler, Ticker) else None
         self._checkpointer = handler if isinstance(handler, Checkpointer) else None
+        self._partitions = handler if isinstance(handler, PartitionListener) else None
         self._dead_letter_topic = table.name(Topic.DEAD_LETTER)
         # Held while a batch (or a tick) is worked on; the rebalance listener takes it too.
         self._lock = asyncio.Lock()
@@ -129,14 +139,46 @@ class ConsumeLoop:
             self._revokes_waiting -= 1
             self._generation += 1
             self._assigned -= partitions
-            if acquired:
-                self._lock.release()
+            try:
+                if self._partitions is not None:
+                    await self._tell(self._partitions.on_partitions_revoked, partitions)
+            finally:
+                if acquired:
+                    self._lock.release()
         log.info("%s: revoked %s", self.name, sorted(partitions))
 
     async def on_assigned(self, partitions: set[Partition]) -> None:
         """Record the new assignment (positions come from the committed offsets)."""
         self._assigned |= partitions
         log.info("%s: assigned %s", self.name, sorted(partitions))
+        if self._partitions is None or not partitions:
+            return
+        acquired = False
+        try:
+            async with asyncio.timeout(self._settings.rebalance_timeout_s):
+                await self._lock.acquire()
+            acquired = True
+        except TimeoutError:
+            # Whatever holds the lock works on other partitions: the new ones are not yet ours
+            # to have been handled, so telling the handler now cannot clash with it.
+            log.warning("%s: batch lock busy; telling the handler of the assignment", self.name)
+        try:
+            await self._tell(self._partitions.on_partitions_assigned, partitions)
+        finally:
+            if acquired:
+                self._lock.release()
+
+    async def _tell(
+        self,
+        hook: Callable[[frozenset[tuple[str, int]]], Awaitable[None]],
+        partitions: set[Partition],
+    ) -> None:
+        """Call a rebalance hook of the handler; its failure must not break the rebalance."""
+        try:
+            await hook(frozenset(partitions))
+        except Exception:
+            self._metrics.inc(Outcome.HANDLER_ERRORS)
+            log.exception("%s: %s raised", self.name, getattr(hook, "__name__", "hook"))
 
     # -- the loop ----------------------------------------------------------------------------
 
