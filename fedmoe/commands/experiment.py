@@ -1,0 +1,248 @@
+"""`fedmoe experiment`: the in-process federated simulation, many paired runs, one summary.
+
+    fedmoe experiment --out DIR [--quick] [--seeds N] [--strategies fitness,random,...]
+                      [--regimes fleet,label-skew] [--devices N] [--experts E] [--rounds R]
+                      [--workers W]
+
+First the centralized reference of every (regime, seed) (the target is 0.8 × its mean, fixed
+before any federated run), then one `moe.simulation.run_simulation` per (regime, strategy,
+seed), in a process pool of `--workers` processes (BLAS single-threaded in each, so W
+processes use W cores). Writes DIR/summary.json (`moe.simulation.experiment.summarize`),
+DIR/runs.json (every run's per-round accuracy, load CV and late updates), DIR/accuracy.png and
+DIR/load.png, and prints the headline figures. A tqdm bar on stderr counts finished jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from tqdm import tqdm
+
+from fedmoe.errors import SettingsError
+from fedmoe.plots import plot_accuracy, plot_load
+from fedmoe.settings import add_arguments, from_args, setting
+from moe.data import REGIMES, Regime
+from moe.fleet import DEFAULT_DEADLINE_S
+from moe.matching import STRATEGY_NAMES
+from moe.scenario import ScenarioConfig
+from moe.simulation.experiment import (
+    CentralJob,
+    ExperimentPlan,
+    RunJob,
+    run_job,
+    summarize,
+    targets,
+)
+from moe.simulation.records import RunResult
+
+# --quick: ≥ 5 seeds × 4 strategies × 2 regimes within 10 minutes on 2 busy cores.
+QUICK_SEEDS, QUICK_ROUNDS = 6, 150
+FULL_SEEDS, FULL_ROUNDS = 12, 200
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """What `fedmoe experiment` runs (env FEDMOE_EXPERIMENT_*, or the flags)."""
+
+    out: Path = setting(
+        "FEDMOE_EXPERIMENT_OUT", Path("experiment"), "output directory (summary.json, plots)"
+    )
+    quick: bool = setting(
+        "FEDMOE_EXPERIMENT_QUICK",
+        False,
+        f"quick plan: {QUICK_SEEDS} seeds × {QUICK_ROUNDS} rounds (full: {FULL_SEEDS} × "
+        f"{FULL_ROUNDS}) unless --seeds/--rounds say otherwise",
+    )
+    seeds: int = setting("FEDMOE_EXPERIMENT_SEEDS", 0, "paired seeds (0: the plan's)")
+    first_seed: int = setting("FEDMOE_EXPERIMENT_FIRST_SEED", 0, "seeds are first..first+N-1")
+    strategies: str = setting(
+        "FEDMOE_EXPERIMENT_STRATEGIES", ",".join(STRATEGY_NAMES), "matching strategies, comma list"
+    )
+    regimes: str = setting("FEDMOE_EXPERIMENT_REGIMES", ",".join(REGIMES), "regimes, comma list")
+    devices: int = setting("FEDMOE_EXPERIMENT_DEVICES", 30, "devices in the fleet (N)")
+    experts: int = setting("FEDMOE_EXPERIMENT_EXPERTS", 8, "experts in the model (E)")
+    top_k: int = setting("FEDMOE_EXPERIMENT_TOP_K", 2, "experts each sample is routed to")
+    alpha: float = setting("FEDMOE_EXPERIMENT_ALPHA", 0.1, "Dirichlet concentration of labels")
+    epochs: int = setting("FEDMOE_EXPERIMENT_EPOCHS", 2, "local epochs per round")
+    deadline_s: float = setting(
+        "FEDMOE_EXPERIMENT_DEADLINE_S", DEFAULT_DEADLINE_S, "round deadline, simulated seconds"
+    )
+    rounds: int = setting("FEDMOE_EXPERIMENT_ROUNDS", 0, "rounds per run (0: the plan's)")
+    workers: int = setting("FEDMOE_EXPERIMENT_WORKERS", 2, "worker processes (1: in process)")
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategy_names if s not in STRATEGY_NAMES]
+        if unknown or not self.strategy_names:
+            raise SettingsError(f"FEDMOE_EXPERIMENT_STRATEGIES: {unknown} not in {STRATEGY_NAMES}")
+        bad = [g for g in self.regime_names if g not in REGIMES]
+        if bad or not self.regime_names:
+            raise SettingsError(f"FEDMOE_EXPERIMENT_REGIMES: {bad} not in {REGIMES}")
+        for name in ("seeds", "rounds", "first_seed"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"FEDMOE_EXPERIMENT_{name.upper()} must be >= 0")
+        if self.workers < 1:
+            raise SettingsError("FEDMOE_EXPERIMENT_WORKERS must be >= 1")
+        try:
+            self.plan()
+        except ValueError as exc:
+            raise SettingsError(f"FEDMOE_EXPERIMENT_*: {exc}") from exc
+
+    @property
+    def strategy_names(self) -> tuple[str, ...]:
+        """The strategies, in the order given."""
+        return tuple(s.strip() for s in self.strategies.split(",") if s.strip())
+
+    @property
+    def regime_names(self) -> tuple[str, ...]:
+        """The regimes, in the order given."""
+        return tuple(g.strip() for g in self.regimes.split(",") if g.strip())
+
+    def plan(self) -> ExperimentPlan:
+        """The experiment these settings describe."""
+        seeds = self.seeds or (QUICK_SEEDS if self.quick else FULL_SEEDS)
+        rounds = self.rounds or (QUICK_ROUNDS if self.quick else FULL_ROUNDS)
+        # Validated against REGIMES in __post_init__ (plan() runs after those checks).
+        regimes = cast(tuple[Regime, ...], tuple(dict.fromkeys(self.regime_names)))
+        base = ScenarioConfig(
+            num_devices=self.devices,
+            num_experts=self.experts,
+            top_k=self.top_k,
+            alpha=self.alpha,
+            epochs=self.epochs,
+            deadline_s=self.deadline_s,
+        )
+        return ExperimentPlan(
+            regimes=regimes,
+            strategies=self.strategy_names,
+            seeds=tuple(range(self.first_seed, self.first_seed + seeds)),
+            rounds=rounds,
+            base=base,
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedmoe experiment",
+        description="in-process federated MoE simulation: paired runs of every strategy",
+    )
+    add_arguments(parser, ExperimentSettings)
+    return parser
+
+
+Job = CentralJob | RunJob
+
+
+def _results(jobs: Sequence[Job], workers: int) -> Iterator[tuple[Regime, int, float] | RunResult]:
+    """Run `jobs`, yielding each result as it finishes (any order)."""
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield run_job(job)
+        return
+    # spawn: workers start clean (no inherited threads or BLAS state), whatever the caller holds.
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(run_job, jobs)
+
+
+def run(settings: ExperimentSettings) -> dict[str, Any]:
+    """Run the experiment, write its files, and return the summary."""
+    plan = settings.plan()
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    central_jobs, run_jobs = plan.central_jobs(), plan.run_jobs()
+    central: list[tuple[Regime, int, float]] = []
+    runs: list[RunResult] = []
+    with tqdm(
+        total=len(central_jobs) + len(run_jobs), desc="experiment", unit="run", file=sys.stderr
+    ) as bar:
+        for result in _results(central_jobs, settings.workers):
+            if isinstance(result, RunResult):
+                raise TypeError("a centralized job returned a run")
+            central.append(result)
+            bar.update()
+        # The targets are fixed here, from the centralized runs alone.
+        reference = targets(plan, central)
+        for result in _results(run_jobs, settings.workers):
+            if not isinstance(result, RunResult):
+                raise TypeError("a federated job returned no run")
+            runs.append(result)
+            bar.update()
+    summary = summarize(plan, reference, runs)
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["workers"] = settings.workers
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "runs.json").write_text(json.dumps([_run_record(r) for r in runs]) + "\n")
+    grouped: dict[str, dict[str, list[RunResult]]] = {
+        str(g): {
+            s: sorted((r for r in runs if (r.regime, r.strategy) == (g, s)), key=_seed)
+            for s in plan.strategies
+        }
+        for g in plan.regimes
+    }
+    plot_accuracy(
+        grouped, out / "accuracy.png", {g: reference[g]["target_accuracy"] for g in plan.regimes}
+    )
+    plot_load(grouped, out / "load.png")
+    return summary
+
+
+def _seed(run: RunResult) -> int:
+    return run.seed
+
+
+def _run_record(run: RunResult) -> dict[str, Any]:
+    return {
+        "regime": run.regime,
+        "strategy": run.strategy,
+        "seed": run.seed,
+        "initial_accuracy": run.initial_accuracy,
+        "whole_model_bytes": run.whole_model_bytes,
+        "rounds": [asdict(rec) for rec in run.records],
+    }
+
+
+def _report(summary: dict[str, Any]) -> str:
+    lines = [f"reduction_vs_random (fleet): {_fmt(summary['reduction_vs_random'])}"]
+    for regime, fig in summary["regimes"].items():
+        lines.append(
+            f"{regime}: centralized {fig['centralized_accuracy']:.3f}, target "
+            f"{fig['target_accuracy']:.3f}, reduction vs random "
+            f"{_fmt(fig['reduction_vs_random'])}, fitness vs random seeds "
+            f"{fig['fitness_vs_random_seeds']}"
+        )
+        for name, s in fig["strategies"].items():
+            lines.append(
+                f"  {name:<13} rounds→target median {s['rounds_to_target_median']:>6} "
+                f"{s['rounds_to_target']}  final {s['final_accuracy_median']:.3f}  "
+                f"load CV {s['load_cv_mean']:.3f}  late/round {s['late_updates_mean']:.2f}  "
+                f"bytes/round {s['bytes_per_round_mean']:.0f}"
+            )
+    lines.append(f"wall {summary['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `fedmoe experiment`."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = from_args(ExperimentSettings, args, os.environ)
+    except SettingsError as exc:
+        print(f"fedmoe experiment: {exc}", file=sys.stderr)
+        return 2
+    summary = run(settings)
+    print(_report(summary))
+    print(f"wrote {settings.out / 'summary.json'}, accuracy.png, load.png, runs.json")
+    return 0

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmoe.commands.experiment import ExperimentSettings, main
+from fedmoe.errors import SettingsError
+from fedmoe.settings import load_settings
+
+STRATEGY_FIELDS = {
+    "rounds_to_target",
+    "rounds_to_target_median",
+    "rounds_to_0.9x_median",
+    "final_accuracy_median",
+    "load_cv_mean",
+    "late_updates_mean",
+    "bytes_per_round_mean",
+    "sim_time_to_target_median",
+}
+
+
+def test_tiny_experiment_writes_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    code = main(
+        [
+            "--out", str(out),
+            "--seeds", "2",
+            "--rounds", "12",
+            "--devices", "20",
+            "--experts", "4",
+            "--workers", "1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["regimes"]) == {"fleet", "label-skew"}
+    assert summary["reduction_vs_random"] == summary["regimes"]["fleet"]["reduction_vs_random"]
+    for regime in summary["regimes"].values():
+        assert regime["target_accuracy"] == pytest.approx(0.8 * regime["centralized_accuracy"])
+        assert regime["centralized_accuracy"] > 0.5
+        assert set(regime["strategies"]) == {"fitness", "random", "affinity", "least-loaded"}
+        for figures in regime["strategies"].values():
+            assert set(figures) >= STRATEGY_FIELDS
+            assert len(figures["rounds_to_target"]) == 2
+            assert all(1 <= r <= 13 for r in figures["rounds_to_target"])
+            assert figures["bytes_per_round_mean"] > 0
+        wins = regime["fitness_vs_random_seeds"]
+        assert sum(wins.values()) == 2
+        assert 0 < regime["bytes_per_device_vs_whole_model"] < 1
+    skew = summary["regimes"]["label-skew"]["strategies"]
+    # Learning happens: chance is 0.1.
+    assert max(s["final_accuracy_median"] for s in skew.values()) > 0.4
+    runs = json.loads((out / "runs.json").read_text())
+    assert len(runs) == 2 * 4 * 2
+    assert all(len(r["rounds"]) == 12 for r in runs)
+    assert (out / "accuracy.png").stat().st_size > 0
+    assert (out / "load.png").stat().st_size > 0
+
+
+def test_settings_reject_unknown_names() -> None:
+    with pytest.raises(SettingsError, match="STRATEGIES"):
+        load_settings(ExperimentSettings, {"FEDMOE_EXPERIMENT_STRATEGIES": "fitness,best"})
+    with pytest.raises(SettingsError, match="REGIMES"):
+        load_settings(ExperimentSettings, {}, regimes="fleet,iid")
+    quick = load_settings(ExperimentSettings, {"FEDMOE_EXPERIMENT_QUICK": "1"}).plan()
+    assert len(quick.seeds) >= 5
+    assert len(quick.strategies) == 4
+    assert set(quick.regimes) == {"fleet", "label-skew"}
+
+
+def test_bad_flag_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--out", str(tmp_path), "--workers", "0"]) == 2
+    assert "WORKERS" in capsys.readouterr().err
