@@ -1,0 +1,1 @@
+"""The matcher: the round clock (open, match, assign, close) — see `clock` and `planning`."""

@@ -1,0 +1,313 @@
+"""The round clock: a pure state machine over the matcher's inputs and the wall clock.
+
+    idle ──► genesis round 0 open ──► closed 0 ──► open 1 ──► closed 1 ──► open 2 ...
+
+- `apply(message, at=...)` folds one input: `RoundOpened` / `PartClosed` / `RoundClosed` from
+  `rounds` (the matcher's own included: it reads its output back), `ProfileSnapshot` from
+  `profiles`, `ExpertLoad` from `expert-load`. Replayed history and live records go through the
+  same `apply`, so a restarted matcher is in the state its inputs say, never a fresh one.
+- `advance(now)` returns what is due: the `RoundClosed` of the open round when a `PartClosed`
+  of it arrived for every part, or when `now > deadline + 2 × grace`; else the next round's
+  `RoundOpened` (to `rounds`) and its markers (the same message to `updates`, one per part id,
+  keyed by the part) when the open rule holds (see `_open_reason`); with no history at all the
+  genesis round 0 (no devices, deadline = now).
+- Assignments of round r are held back until `apply` sees the matcher's own `RoundOpened(r)`
+  on `rounds`: the record is then in the log, and the runtime confirmed every output of the
+  tick or batch that produced it (markers included) before it polled again. So every
+  aggregator has its marker before any device can send an update of round r.
+
+Invariants: at most one round is open; a round number is never opened twice (the next round is
+one past the highest seen opened or closed); each round gets one `RoundClosed`; no round past
+`max_rounds` opens. What is lost on a crash: assignments computed but not yet produced (the
+window between the `RoundOpened` ack and the assignments' ack); that round then closes at its
+deadline with the updates it got (none), and the next round matches afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from moe.load import ExpertLoadState
+from moe.wire import expert_load_state
+from schemas.messages import (
+    Assignment,
+    ExpertLoad,
+    Message,
+    PartClosed,
+    ProfileSnapshot,
+    RoundClosed,
+    RoundOpened,
+)
+from schemas.topics import Topic
+from services.errors import InvalidPayload
+from services.handler import Outbound
+from services.matcher.planning import RoundPlan, candidate_profiles
+
+MATCHER_ID = "matcher"
+ROUND_KEY = "round"
+GENESIS_ROUND = 0
+
+Planner = Callable[[int, Sequence[ProfileSnapshot], ExpertLoadState], RoundPlan]
+"""(round, every known profile, load) → the round's plan (`planning.plan_round`, bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClockConfig:
+    """The clock's fixed parameters.
+
+    Attributes:
+        parts: every part id of the model (the genesis round and the close rule name them all).
+        strategy: the strategy's name (carried in `RoundOpened`).
+        deadline_wall_s: wall seconds from a round's opening to its deadline.
+        grace_s: the aggregators' grace; the round closes anyway at deadline + 2 × grace.
+        open_delay_s: how long reports must have been quiet before the next round opens.
+        max_wait_s: the next round opens at the latest this long after the last one closed.
+        max_rounds: training rounds to open (1..max_rounds); 0 = unlimited.
+        fleet_size: devices in the scenario: once all reported, the next round opens at once.
+        wait_for_load: hold the next round until the ExpertLoad of the closed round arrived.
+    """
+
+    parts: tuple[str, ...]
+    strategy: str
+    deadline_wall_s: float
+    grace_s: float
+    open_delay_s: float
+    max_wait_s: float
+    max_rounds: int = 0
+    fleet_size: int = 0
+    wait_for_load: bool = True
+
+
+class RoundClock:
+    """The matcher's whole state and its transitions (see the module docstring)."""
+
+    def __init__(self, config: ClockConfig, planner: Planner) -> None:
+        self.config = config
+        self._planner = planner
+        self._num_experts = len(config.parts) - 1
+        self._opened: RoundOpened | None = None
+        self._closed: RoundClosed | None = None
+        self._closed_parts: dict[str, int] = {}  # of the open round
+        self._versions: dict[str, int] = {}  # latest known version of every part
+        self._profiles: dict[str, tuple[ProfileSnapshot, float]] = {}  # device → (latest, at)
+        self._load: ExpertLoad | None = None
+        self._load_after_close = False
+        self._held: tuple[int, list[Assignment]] | None = None  # round, its assignments
+
+    # -- what it knows -----------------------------------------------------------------------
+
+    @property
+    def opened(self) -> RoundOpened | None:
+        """The latest round opened (open or closed since)."""
+        return self._opened
+
+    @property
+    def closed(self) -> RoundClosed | None:
+        """The latest round closed."""
+        return self._closed
+
+    @property
+    def open_round(self) -> int | None:
+        """The round open now, or None."""
+        if self._opened is None:
+            return None
+        if self._closed is not None and self._closed.round >= self._opened.round:
+            return None
+        return self._opened.round
+
+    @property
+    def next_round(self) -> int:
+        """The number the next round opened will get."""
+        seen = [m.round for m in (self._opened, self._closed) if m is not None]
+        return max(seen) + 1 if seen else GENESIS_ROUND
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """The latest known version of every part (0 for a part never closed)."""
+        return {p: self._versions.get(p, 0) for p in self.config.parts}
+
+    @property
+    def held_assignments(self) -> int:
+        """Assignments computed and waiting for their RoundOpened to be read back."""
+        return len(self._held[1]) if self._held is not None else 0
+
+    def profiles(self) -> list[ProfileSnapshot]:
+        """The latest snapshot of every device."""
+        return [s for s, _ in self._profiles.values()]
+
+    def load_state(self) -> ExpertLoadState:
+        """The latest expert load (empty before the load monitor published any)."""
+        if self._load is None:
+            return ExpertLoadState.empty(self._num_experts)
+        return expert_load_state(self._load)
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def apply(self, message: Message, *, at: float) -> list[Outbound]:
+        """Fold one input (`at`: when it arrived); returns held assignments it releases.
+
+        Raises:
+            InvalidPayload: a message the clock cannot take (wrong type, unknown part, a load
+                of another expert count).
+        """
+        if isinstance(message, PartClosed):
+            self._on_part_closed(message)
+        elif isinstance(message, RoundOpened):
+            return self._on_round_opened(message)
+        elif isinstance(message, RoundClosed):
+            self._on_round_closed(message)
+        elif isinstance(message, ProfileSnapshot):
+            self._profiles[message.device_id] = (message, at)
+        elif isinstance(message, ExpertLoad):
+            self._on_load(message)
+        else:
+            raise InvalidPayload("unexpected-message", f"{type(message).__name__} for the matcher")
+        return []
+
+    def _check_parts(self, versions: Mapping[str, int], what: str) -> None:
+        unknown = sorted(set(versions) - set(self.config.parts))
+        if unknown:
+            raise InvalidPayload("unknown-part", f"{what} names {unknown[:4]}")
+
+    def _merge_versions(self, versions: Mapping[str, int]) -> None:
+        for part, version in versions.items():
+            self._versions[part] = max(version, self._versions.get(part, 0))
+
+    def _on_round_opened(self, message: RoundOpened) -> list[Outbound]:
+        self._check_parts(message.expected_parts, "RoundOpened.expected_parts")
+        self._check_parts(message.model_versions, "RoundOpened.model_versions")
+        held = self._held
+        if held is not None and message.round == held[0]:
+            # Our own RoundOpened is in the log (and its markers acknowledged): assign.
+            self._held = None
+            return [Outbound(Topic.ASSIGNMENTS, a.device_id, a) for a in held[1]]
+        if self._opened is None or message.round > self._opened.round:
+            # History (a replay after a restart) or another matcher: the log is the truth.
+            self._opened = message
+            self._closed_parts = {}
+            self._held = None
+        return []
+
+    def _on_part_closed(self, message: PartClosed) -> None:
+        self._check_parts({message.part: message.version}, "PartClosed")
+        self._merge_versions({message.part: message.version})
+        if message.round == self.open_round:
+            self._closed_parts[message.part] = message.version
+
+    def _on_round_closed(self, message: RoundClosed) -> None:
+        self._check_parts(message.model_versions, "RoundClosed.model_versions")
+        self._merge_versions(message.model_versions)
+        if self._closed is None or message.round > self._closed.round:
+            self._closed = message
+            self._closed_parts = {}
+            self._load_after_close = self._load is not None and self._load.round >= message.round
+
+    def _on_load(self, message: ExpertLoad) -> None:
+        if len(message.assigned_clients) != self._num_experts:
+            detail = f"{len(message.assigned_clients)} experts, the model has {self._num_experts}"
+            raise InvalidPayload("wrong-expert-count", detail)
+        self._load = message
+        if self._closed is not None and message.round >= self._closed.round:
+            self._load_after_close = True
+
+    # -- time --------------------------------------------------------------------------------
+
+    def advance(self, now: float) -> list[Outbound]:
+        """What is due at `now`: close the open round, or open the next one, or nothing."""
+        opened, open_round = self._opened, self.open_round
+        if opened is not None and open_round is not None:
+            if all(p in self._closed_parts for p in self.config.parts):
+                return self._close(opened, "parts-closed", now)
+            if now > opened.deadline + 2.0 * self.config.grace_s:
+                return self._close(opened, "deadline", now)
+            return []
+        if self._opened is None and self._closed is None:
+            return self._open(GENESIS_ROUND, now)
+        r = self.next_round
+        if self.config.max_rounds and r > self.config.max_rounds:
+            return []
+        if self._open_reason(r, now) is None:
+            return []
+        return self._open(r, now)
+
+    def _open_reason(self, r: int, now: float) -> str | None:
+        """Why round `r` may open now, or None to wait.
+
+        At the latest `max_wait_s` after the last close. Before that it waits for the load
+        monitor's ExpertLoad of the closed round (when configured), then opens as soon as every
+        device of the scenario reported for `r` (online or not), or once at least one candidate
+        is online and no report came for `open_delay_s` (the telemetry has settled).
+        """
+        closed_at = self._closed.timestamp if self._closed is not None else now
+        if now >= closed_at + self.config.max_wait_s:
+            return "max-wait"
+        if self.config.wait_for_load and not self._load_after_close:
+            return None
+        reported = [(s, at) for s, at in self._profiles.values() if s.round == r]
+        if self.config.fleet_size and len(reported) >= self.config.fleet_size:
+            return "all-reported"
+        if not any(s.online for s, _ in reported):
+            return None
+        quiet_since = max([closed_at, *(at for _, at in reported)])
+        return "settled" if now >= quiet_since + self.config.open_delay_s else None
+
+    def _open(self, r: int, now: float) -> list[Outbound]:
+        config = self.config
+        versions = self.versions
+        if r == GENESIS_ROUND:
+            deadline = now
+            expected = dict.fromkeys(config.parts, 0)
+            assignments: list[Assignment] = []
+        else:
+            plan = self._planner(r, self.profiles(), self.load_state())
+            deadline = now + config.deadline_wall_s
+            expected = plan.expected_parts(self._num_experts)
+            assignments = [
+                Assignment(
+                    message_id=f"assignment-{r}-{device}",
+                    device_id=device,
+                    round=r,
+                    timestamp=now,
+                    experts=experts,
+                    deadline=deadline,
+                    model_versions=versions,
+                )
+                for device, experts in sorted(plan.experts.items())
+            ]
+        opened = RoundOpened(
+            message_id=f"round-opened-{r}",
+            device_id=MATCHER_ID,
+            round=r,
+            timestamp=now,
+            deadline=deadline,
+            strategy=config.strategy,
+            devices=len(assignments),
+            expected_parts=expected,
+            model_versions=versions,
+        )
+        self._opened = opened
+        self._closed_parts = {}
+        self._held = (r, assignments) if assignments else None
+        markers = [Outbound(Topic.UPDATES, part, opened) for part in config.parts]
+        return [Outbound(Topic.ROUNDS, ROUND_KEY, opened), *markers]
+
+    def _close(self, opened: RoundOpened, reason: str, now: float) -> list[Outbound]:
+        closed = RoundClosed(
+            message_id=f"round-closed-{opened.round}",
+            device_id=MATCHER_ID,
+            round=opened.round,
+            timestamp=now,
+            reason=reason,
+            parts_closed=len(self._closed_parts),
+            model_versions=self.versions,
+        )
+        self._closed = closed
+        self._closed_parts = {}
+        self._held = None  # never read back: the round ends without them
+        self._load_after_close = False
+        return [Outbound(Topic.ROUNDS, ROUND_KEY, closed)]
+
+    def candidates(self, r: int) -> list[ProfileSnapshot]:
+        """The candidates round `r` would be matched over now."""
+        return candidate_profiles(self.profiles(), r)

@@ -1,0 +1,394 @@
+"""The matcher's round clock as a pure state machine: genesis, early and deadline close, the
+open rule, assignments held until their RoundOpened is read back, max_rounds, and a restart
+that continues from the replayed history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from moe.load import ExpertLoadState, on_assignment, on_round_closed
+from moe.matching import build_matching_input, make_strategy
+from moe.profiles import fold_telemetry
+from moe.scenario import ScenarioConfig, build_scenario, device_id
+from moe.wire import client_profile, expert_load_message, profile_snapshot
+from schemas.messages import (
+    Assignment,
+    DeviceStatus,
+    ExpertLoad,
+    Message,
+    PartClosed,
+    ProfileSnapshot,
+    RoundClosed,
+    RoundOpened,
+)
+from schemas.topics import Topic
+from services.errors import InvalidPayload
+from services.handler import Outbound
+from services.matcher.clock import ClockConfig, RoundClock
+from services.matcher.planning import MatchingContext, RoundPlan, model_part_ids, plan_round
+
+SCENARIO = build_scenario(ScenarioConfig(num_devices=6, num_experts=4, seed=3))
+CONTEXT = MatchingContext.from_scenario(SCENARIO)
+PARTS = model_part_ids(4)
+DEADLINE_WALL = 20.0
+GRACE = 1.0
+
+
+def make_clock(**overrides: object) -> RoundClock:
+    values: dict[str, object] = {
+        "parts": PARTS,
+        "strategy": "fitness",
+        "deadline_wall_s": DEADLINE_WALL,
+        "grace_s": GRACE,
+        "open_delay_s": 0.5,
+        "max_wait_s": 30.0,
+        "max_rounds": 0,
+        "fleet_size": 6,
+        "wait_for_load": True,
+    }
+    values.update(overrides)
+    strategy = make_strategy(str(values["strategy"]))
+
+    def planner(r: int, profiles: Sequence[ProfileSnapshot], load: ExpertLoadState) -> RoundPlan:
+        return plan_round(profiles, load, round=r, context=CONTEXT, strategy=strategy)
+
+    return RoundClock(ClockConfig(**values), planner)  # type: ignore[arg-type]
+
+
+def snapshot(i: int, round_: int, *, online: bool = True, ts: float = 1.0) -> ProfileSnapshot:
+    reading = SCENARIO.telemetry(i, SCENARIO.initial_parts())
+    profile = replace(fold_telemetry(None, reading, now=ts), online=online)
+    return profile_snapshot(profile, message_id=f"p-{i}-{round_}", timestamp=ts, round=round_)
+
+
+def load_message(state: ExpertLoadState, round_: int, ts: float = 1.0) -> ExpertLoad:
+    return expert_load_message(
+        state, message_id=f"load-{round_}", timestamp=ts, round=round_, device_id="load-monitor"
+    )
+
+
+def part_closed(round_: int, part: str, version: int, applied: int = 0) -> PartClosed:
+    return PartClosed(
+        message_id=f"pc-{round_}-{part}",
+        device_id="aggregator",
+        round=round_,
+        timestamp=1.0,
+        part=part,
+        version=version,
+        applied=applied,
+        reason="quorum",
+    )
+
+
+def of_type(outputs: Sequence[Outbound], kind: type[Message]) -> list[Outbound]:
+    return [o for o in outputs if isinstance(o.message, kind)]
+
+
+def close_all(clock: RoundClock, round_: int, versions: dict[str, int] | None = None) -> None:
+    for part in PARTS:
+        clock.apply(part_closed(round_, part, (versions or {}).get(part, 0)), at=0.0)
+
+
+def run_genesis(clock: RoundClock, now: float = 100.0) -> float:
+    """Open and close round 0; returns the close time."""
+    clock.advance(now)
+    close_all(clock, 0)
+    out = clock.advance(now + 0.1)
+    assert [o.message.round for o in of_type(out, RoundClosed)] == [0]
+    return now + 0.1
+
+
+def test_genesis_round_opens_every_part_with_no_devices() -> None:
+    clock = make_clock()
+    assert clock.next_round == 0
+    out = clock.advance(100.0)
+    opened = out[0]
+    assert opened.topic is Topic.ROUNDS
+    assert opened.key == "round"
+    msg = opened.message
+    assert isinstance(msg, RoundOpened)
+    assert (msg.round, msg.devices, msg.deadline, msg.device_id) == (0, 0, 100.0, "matcher")
+    assert msg.expected_parts == dict.fromkeys(PARTS, 0)
+    assert msg.model_versions == dict.fromkeys(PARTS, 0)
+    markers = out[1:]
+    assert [(m.topic, m.key) for m in markers] == [(Topic.UPDATES, p) for p in PARTS]
+    assert all(m.message is msg for m in markers)
+    assert clock.open_round == 0
+    assert clock.held_assignments == 0
+    assert clock.advance(101.0) == []  # never two rounds open
+
+
+def test_round_closes_once_every_part_closed_and_only_once() -> None:
+    clock = make_clock()
+    clock.advance(100.0)
+    for part in PARTS[:-1]:
+        clock.apply(part_closed(0, part, 0), at=100.0)
+        assert of_type(clock.advance(100.2), RoundClosed) == []
+    clock.apply(part_closed(0, PARTS[-1], 0), at=100.0)
+    out = clock.advance(100.3)
+    (closed,) = out
+    assert closed.topic is Topic.ROUNDS
+    assert closed.key == "round"
+    msg = closed.message
+    assert isinstance(msg, RoundClosed)
+    assert (msg.round, msg.reason, msg.parts_closed) == (0, "parts-closed", len(PARTS))
+    assert msg.model_versions == dict.fromkeys(PARTS, 0)
+    assert clock.open_round is None
+    # Its own RoundClosed read back and a duplicate PartClosed change nothing.
+    clock.apply(msg, at=100.4)
+    clock.apply(part_closed(0, PARTS[0], 0), at=100.4)
+    assert of_type(clock.advance(100.5), RoundClosed) == []
+
+
+def test_deadline_plus_two_graces_closes_the_round_with_what_closed() -> None:
+    clock = make_clock()
+    clock.advance(100.0)  # genesis: deadline = 100
+    clock.apply(part_closed(0, "shared", 0), at=100.0)
+    assert clock.advance(100.0 + 2 * GRACE) == []
+    (closed,) = clock.advance(100.0 + 2 * GRACE + 0.01)
+    msg = closed.message
+    assert isinstance(msg, RoundClosed)
+    assert (msg.round, msg.reason, msg.parts_closed) == (0, "deadline", 1)
+
+
+def _open_round_one(clock: RoundClock) -> tuple[list[Outbound], float]:
+    closed_at = run_genesis(clock)
+    clock.apply(load_message(ExpertLoadState.empty(4), 0), at=closed_at)
+    for i in range(6):
+        clock.apply(snapshot(i, 1, online=i != 2), at=closed_at + 0.1)
+    out = clock.advance(closed_at + 0.2)  # every device reported: no need to wait
+    return out, closed_at + 0.2
+
+
+def test_round_one_matches_exactly_like_build_matching_input_and_the_strategy() -> None:
+    clock = make_clock()
+    out, now = _open_round_one(clock)
+    (opened_out,) = of_type(out, RoundOpened)[:1]
+    opened = opened_out.message
+    assert isinstance(opened, RoundOpened)
+    # Direct computation: online profiles of round 1, sorted by id, the simulated deadline.
+    profiles = [client_profile(snapshot(i, 1)) for i in range(6) if i != 2]
+    problem = build_matching_input(
+        profiles,
+        ExpertLoadState.empty(4),
+        round=1,
+        deadline_s=SCENARIO.config.deadline_s,
+        shared_bytes=SCENARIO.part_bytes["shared"],
+        expert_bytes=SCENARIO.part_bytes["expert-0"],
+        epochs=SCENARIO.config.epochs,
+    )
+    x = make_strategy("fitness").assign(problem, SCENARIO.strategy_rng(1))
+    want = {
+        p.device_id: tuple(int(e) for e in np.flatnonzero(row))
+        for p, row in zip(profiles, x, strict=True)
+        if row.any()
+    }
+    assert want, "the scenario must assign someone"
+    assert opened.round == 1
+    assert opened.devices == len(want)
+    assert opened.deadline == pytest.approx(now + DEADLINE_WALL)
+    assert opened.expected_parts["shared"] == len(want)
+    for e in range(4):
+        assert opened.expected_parts[f"expert-{e}"] == int(x[:, e].sum())
+    # Markers first; the assignments wait for the RoundOpened to be read back.
+    assert of_type(out, Assignment) == []
+    assert clock.held_assignments == len(want)
+    released = clock.apply(opened, at=now + 0.3)
+    assert all(o.topic is Topic.ASSIGNMENTS for o in released)
+    got = {o.key: o.message for o in released}
+    assert {k: m.experts for k, m in got.items()} == want  # type: ignore[attr-defined]
+    for device, msg in got.items():
+        assert isinstance(msg, Assignment)
+        assert msg.device_id == device
+        assert msg.round == 1
+        assert msg.deadline == opened.deadline
+        assert msg.model_versions == opened.model_versions
+    assert clock.apply(opened, at=now + 0.4) == []  # read back twice: assigned once
+
+
+def test_the_next_round_waits_for_the_load_of_the_closed_round() -> None:
+    clock = make_clock()
+    closed_at = run_genesis(clock)
+    for i in range(6):
+        clock.apply(snapshot(i, 1), at=closed_at + 0.1)
+    assert clock.advance(closed_at + 5.0) == []  # all reported, but no load yet
+    clock.apply(load_message(ExpertLoadState.empty(4), 0), at=closed_at + 5.0)
+    assert of_type(clock.advance(closed_at + 5.1), RoundOpened)
+
+
+def test_the_next_round_opens_when_reports_settled() -> None:
+    clock = make_clock(fleet_size=6)
+    closed_at = run_genesis(clock)
+    clock.apply(load_message(ExpertLoadState.empty(4), 0), at=closed_at)
+    assert clock.advance(closed_at + 10.0) == []  # no candidate yet: wait (up to max_wait)
+    clock.apply(snapshot(0, 1), at=closed_at + 10.0)
+    clock.apply(snapshot(1, 1, online=False), at=closed_at + 10.2)
+    assert clock.advance(closed_at + 10.6) == []  # a report 0.4 s ago: not settled
+    assert [s.device_id for s in clock.candidates(1)] == [device_id(0)]
+    out = clock.advance(closed_at + 10.7)
+    (opened,) = [o.message for o in of_type(out, RoundOpened)][:1]
+    assert isinstance(opened, RoundOpened)
+    assert opened.devices <= 1  # device 1 announced itself offline
+
+
+def test_max_wait_opens_a_round_even_without_candidates() -> None:
+    clock = make_clock(max_wait_s=8.0)
+    closed_at = run_genesis(clock)
+    assert clock.advance(closed_at + 7.9) == []
+    out = clock.advance(closed_at + 8.0)
+    opened = out[0].message
+    assert isinstance(opened, RoundOpened)
+    assert (opened.round, opened.devices) == (1, 0)
+    assert opened.expected_parts == dict.fromkeys(PARTS, 0)
+    assert clock.held_assignments == 0
+
+
+def test_versions_follow_part_closed_into_the_next_round() -> None:
+    clock = make_clock(wait_for_load=False, max_wait_s=1.0)
+    closed_at = run_genesis(clock)
+    clock.advance(closed_at + 1.0)  # round 1, nobody
+    versions = {p: (2 if p == "expert-1" else 1) for p in PARTS}
+    close_all(clock, 1, versions)
+    (closed,) = of_type(clock.advance(closed_at + 1.5), RoundClosed)
+    assert isinstance(closed.message, RoundClosed)
+    assert closed.message.model_versions == versions
+    out = clock.advance(closed_at + 2.5)
+    opened = out[0].message
+    assert isinstance(opened, RoundOpened)
+    assert opened.round == 2
+    assert opened.model_versions == versions
+
+
+def test_max_rounds_stops_opening() -> None:
+    clock = make_clock(max_rounds=1, wait_for_load=False, max_wait_s=1.0)
+    closed_at = run_genesis(clock)
+    assert of_type(clock.advance(closed_at + 1.0), RoundOpened)
+    close_all(clock, 1)
+    assert of_type(clock.advance(closed_at + 1.1), RoundClosed)
+    assert clock.advance(closed_at + 100.0) == []
+    assert clock.open_round is None
+    assert clock.next_round == 2
+
+
+def _log_of(outputs: Sequence[Outbound]) -> list[Message]:
+    return [o.message for o in outputs if o.topic is Topic.ROUNDS]
+
+
+def test_restart_continues_the_open_round_and_never_reopens_it() -> None:
+    first = make_clock()
+    rounds_log: list[Message] = []
+    rounds_log += _log_of(first.advance(100.0))
+    for part in PARTS:
+        pc = part_closed(0, part, 0)
+        first.apply(pc, at=100.0)
+        rounds_log.append(pc)
+    rounds_log += _log_of(first.advance(100.1))
+    load = load_message(ExpertLoadState.empty(4), 0, ts=100.2)
+    first.apply(load, at=100.2)
+    profiles = [snapshot(i, 1, ts=100.3) for i in range(6)]
+    for s in profiles:
+        first.apply(s, at=100.3)
+    out = first.advance(100.4)
+    rounds_log += _log_of(out)
+    opened = out[0].message
+    assert isinstance(opened, RoundOpened)
+    assert opened.round == 1
+    first.apply(opened, at=100.5)  # read back: assignments out
+    rounds_log.append(part_closed(1, "shared", 1, applied=opened.devices))
+    # SIGKILL. The new clock folds the history: rounds first, then load, then profiles.
+    second = make_clock()
+    for msg in [*rounds_log, load, *profiles]:
+        assert second.apply(msg, at=100.0) == []
+    assert second.open_round == 1
+    assert second.next_round == 2
+    assert second.advance(101.0) == []  # still open: nothing reopened, nothing closed
+    for part in PARTS[1:]:
+        second.apply(part_closed(1, part, 1), at=101.0)
+    (closed,) = second.advance(101.5)
+    assert isinstance(closed.message, RoundClosed)
+    assert (closed.message.round, closed.message.reason) == (1, "parts-closed")
+    assert closed.message.model_versions == dict.fromkeys(PARTS, 1)
+
+
+def test_restart_after_the_deadline_closes_the_round_then_opens_the_next() -> None:
+    first = make_clock(wait_for_load=False, max_wait_s=1.0)
+    history = _log_of(first.advance(100.0))
+    for part in PARTS:
+        history.append(part_closed(0, part, 0))
+        first.apply(history[-1], at=100.0)
+    history += _log_of(first.advance(100.1))
+    history += _log_of(first.advance(101.1))  # round 1 opens (nobody)
+    assert isinstance(history[-1], RoundOpened)
+    assert history[-1].round == 1
+    second = make_clock(wait_for_load=False, max_wait_s=1.0)
+    for msg in history:
+        second.apply(msg, at=0.0)
+    late = 101.1 + DEADLINE_WALL + 2 * GRACE + 1.0
+    (closed,) = second.advance(late)
+    assert isinstance(closed.message, RoundClosed)
+    assert (closed.message.round, closed.message.reason) == (1, "deadline")
+    opened = second.advance(late + 1.0)[0].message
+    assert isinstance(opened, RoundOpened)
+    assert opened.round == 2
+
+
+def test_restart_with_a_closed_round_waits_for_the_next_rule_from_its_close_time() -> None:
+    first = make_clock()
+    closed_at = run_genesis(first)
+    closed = first.closed
+    assert closed is not None
+    second = make_clock()
+    second.apply(closed, at=0.0)
+    assert second.open_round is None
+    assert second.next_round == 1
+    load = load_message(on_round_closed(ExpertLoadState.empty(4)), 0)
+    second.apply(load, at=0.0)
+    assert second.advance(closed_at + 29.0) == []  # no candidate, before max_wait
+    opened = second.advance(closed_at + 30.0)[0].message
+    assert isinstance(opened, RoundOpened)
+    assert opened.round == 1
+
+
+def test_the_planner_sees_the_latest_load() -> None:
+    seen: list[ExpertLoadState] = []
+
+    def planner(r: int, profiles: Sequence[ProfileSnapshot], load: ExpertLoadState) -> RoundPlan:
+        seen.append(load)
+        return plan_round(
+            profiles, load, round=r, context=CONTEXT, strategy=make_strategy("random")
+        )
+
+    clock = RoundClock(
+        ClockConfig(PARTS, "random", DEADLINE_WALL, GRACE, 0.5, 30.0, fleet_size=6), planner
+    )
+    closed_at = run_genesis(clock)
+    state = on_round_closed(on_assignment(ExpertLoadState.empty(4), np.eye(4, dtype=bool)))
+    clock.apply(load_message(state, 0), at=closed_at)
+    for i in range(6):
+        clock.apply(snapshot(i, 1), at=closed_at)
+    assert of_type(clock.advance(closed_at + 0.1), RoundOpened)
+    (load,) = seen
+    np.testing.assert_array_equal(load.clients_ewma, state.clients_ewma)
+    assert load.rounds_closed == state.rounds_closed
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        part_closed(0, "expert-9", 1),
+        load_message(ExpertLoadState.empty(5), 0),
+        DeviceStatus(message_id="s", device_id=device_id(0), round=1, timestamp=1.0, online=True),
+    ],
+    ids=["unknown-part", "wrong-expert-count", "wrong-type"],
+)
+def test_bad_inputs_are_refused_and_change_nothing(message: Message) -> None:
+    clock = make_clock()
+    clock.advance(100.0)
+    with pytest.raises(InvalidPayload):
+        clock.apply(message, at=100.0)
+    assert clock.open_round == 0
+    assert clock.versions == dict.fromkeys(PARTS, 0)
