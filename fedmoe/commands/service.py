@@ -13,6 +13,7 @@ from collections.abc import Sequence
 SERVICES: dict[str, tuple[str, str]] = {
     "gateway": ("services.gateway.app", "MQTT ↔ Kafka bridge: devices in, assignments/model out"),
     "matcher": ("services.matcher.app", "the round clock: opens rounds, matches, closes rounds"),
+    "profiler": ("services.profiler.app", "device telemetry and round outcomes → profiles"),
 }
 
 
