@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 SERVICES: dict[str, tuple[str, str]] = {
+    "aggregator": ("services.aggregator.app", "per-part aggregation of updates → part versions"),
     "gateway": ("services.gateway.app", "MQTT ↔ Kafka bridge: devices in, assignments/model out"),
     "matcher": ("services.matcher.app", "the round clock: opens rounds, matches, closes rounds"),
     "profiler": ("services.profiler.app", "device telemetry and round outcomes → profiles"),
