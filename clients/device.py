@@ -1,0 +1,381 @@
+"""One simulated device: the round protocol's device side (step 5) over its MQTT link.
+
+    RoundClosed(r)  → available in r+1 (scenario)?  no: DeviceStatus(offline, "unavailable")
+                                                     yes: wait for the parts at the round's
+                      versions, DeviceStatus(online) + Telemetry(round r+1)
+    Assignment(r)   → (once per round, never for a round already closed) wait for the parts at
+                      the assignment's versions, train_local (seeded as the simulation), wait
+                      out the simulated round time, upload one ModelUpdate, resend it with the
+                      same ids every resend_s until every part has a final UpdateAck
+    PartVersion     → kept when newer (the model store); waiters are woken
+    UpdateAck       → bookkeeping of the pending update
+
+Incoming messages are handled one at a time and quickly; the waits and the training run in
+named tasks of the agent's TaskGroup, cancelled when it stops. Inputs that fail the checks of
+`clients.inbound` are counted and dropped. On stop the device publishes a retained offline
+status and disconnects cleanly (its session stays at the broker).
+
+Training runs on the event loop: one call is a few ms for this model, shorter than anything
+else here worth a thread. Callers wrap the fleet in `moe.training.single_threaded_blas()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+from brokers.errors import BrokerError
+from brokers.settings import BrokerSettings
+from clients.inbound import Drop, InboundFilter
+from clients.link import DeviceLink
+from clients.model_store import ModelStore, Offer, Readiness
+from clients.settings import FleetSettings
+from clients.stats import DeviceStats, Event
+from clients.uploads import AckEffect, PendingUpdate, build_update
+from clients.world import FleetWorld, status
+from moe.parts import SHARED, expert_part_id, part_ids
+from moe.scenario import device_id
+from moe.tensors import PartTensors
+from schemas import encode
+from schemas.messages import Assignment, PartVersion, RoundClosed, UpdateAck
+from schemas.topics import MqttTopic
+
+log = logging.getLogger(__name__)
+
+RoundHook = Callable[[str, int], None]
+
+# How long a goodbye status may take on stop (the session is kept either way).
+_GOODBYE_S = 2.0
+
+
+class DeviceAgent:
+    """Device `index` of the scenario (see the module docstring)."""
+
+    def __init__(
+        self,
+        index: int,
+        *,
+        world: FleetWorld,
+        settings: FleetSettings,
+        broker: BrokerSettings,
+        stats: DeviceStats | None = None,
+        on_round_closed: RoundHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.index = index
+        self.device = device_id(index)
+        self.stats = stats if stats is not None else DeviceStats()
+        self._world = world
+        self._scenario = world.scenario
+        self._settings = settings
+        self._on_round_closed = on_round_closed
+        self._clock = clock
+        table = broker.topic_table()
+        self._filter = InboundFilter(table, self.device, self._scenario.model)
+        self._status_topic = table.mqtt(MqttTopic.STATUS, device=self.device)
+        self._telemetry_topic = table.mqtt(MqttTopic.TELEMETRY, device=self.device)
+        self._update_topic = table.mqtt(MqttTopic.UPDATE, device=self.device)
+        self._all_parts = part_ids(self._scenario.model)
+        self._store = ModelStore()
+        self._model_changed = asyncio.Condition()
+        self._last_closed = -1
+        self._taken: set[int] = set()  # rounds whose assignment was taken (trained or tried)
+        # (round, online, reason) of the latest status: republished on reconnect, in the will.
+        self._presence: tuple[int, bool, str] = (0, True, "connected")
+        self._losses: dict[str, float] = {}  # last training: mean loss per expert part
+        self._pending: dict[str, PendingUpdate] = {}
+        self._acked: dict[str, asyncio.Event] = {}
+        self._updates: set[str] = set()  # update ids of this run (acks of others are strays)
+        self._announce: asyncio.Task[None] | None = None
+        self._work: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        # Status ids must differ across restarts too (consumers dedup by message id).
+        self._incarnation = f"{int(clock() * 1000):x}"
+        self._ids = itertools.count()
+        self._link = DeviceLink(
+            broker,
+            client_id=f"{settings.client_prefix}{self.device}",
+            subscriptions=self._filter.subscriptions,
+            will=self._will,
+            session_expiry_s=settings.session_expiry_s,
+            keepalive_s=settings.keepalive_s,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the device's MQTT link is up."""
+        return self._link.connected
+
+    @property
+    def pending_updates(self) -> int:
+        """Updates sent and still waiting for an ack of some part."""
+        return len(self._pending)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set: then say goodbye and disconnect cleanly."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            link = group.create_task(
+                self._link.run(self._handle, self._on_connect), name=f"{self.device}:mqtt"
+            )
+            stopped = group.create_task(stop.wait(), name=f"{self.device}:stop-watch")
+            await asyncio.wait({link, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in list(self._work):
+                task.cancel()
+            if not link.done():
+                await self._goodbye()
+                link.cancel()
+            stopped.cancel()
+        self._group = None
+
+    def drop_connection(self, away_s: float) -> bool:
+        """Simulated fault: lose the connection abruptly, come back after `away_s`."""
+        if not self._link.drop(away_s):
+            return False
+        self.stats.drops += 1
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        if self._group is None:
+            coro.close()
+            return None
+        task = self._group.create_task(coro, name=f"{self.device}:{name}")
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        return task
+
+    def _message_id(self, kind: str) -> str:
+        return f"{kind}-{self.device}-{self._incarnation}-{next(self._ids)}"
+
+    def _will(self) -> tuple[str, bytes]:
+        round_, _, _ = self._presence
+        will = status(
+            self.index,
+            round_=round_,
+            online=False,
+            reason="lost",
+            message_id=self._message_id("lwt"),
+            timestamp=self._clock(),
+        )
+        return self._status_topic, encode(will)
+
+    async def _on_connect(self) -> None:
+        round_, online, reason = self._presence
+        if self._link.connections > 1:
+            self.stats.count(Event.RECONNECTS)
+            reason = "reconnected" if online else reason
+        await self._publish_status(round_, online, reason)
+
+    async def _goodbye(self) -> None:
+        if not self._link.connected:
+            return
+        round_, _, _ = self._presence
+        message = status(
+            self.index,
+            round_=round_,
+            online=False,
+            reason="stopped",
+            message_id=self._message_id("st"),
+            timestamp=self._clock(),
+        )
+        await self._publish(self._status_topic, encode(message), retain=True, within_s=_GOODBYE_S)
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool, within_s: float) -> bool:
+        try:
+            await self._link.publish(topic, payload, retain=retain, within_s=within_s)
+        except BrokerError as exc:
+            self.stats.count(Event.PUBLISH_FAILED)
+            log.warning("%s: %s", self.device, exc)
+            return False
+        return True
+
+    async def _publish_status(self, round_: int, online: bool, reason: str) -> bool:
+        self._presence = (round_, online, reason)
+        message = status(
+            self.index,
+            round_=round_,
+            online=online,
+            reason=reason,
+            message_id=self._message_id("st"),
+            timestamp=self._clock(),
+        )
+        return await self._publish(
+            self._status_topic, encode(message), retain=True, within_s=self._settings.model_wait_s
+        )
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        item = self._filter.classify(topic, payload)
+        if isinstance(item, Drop):
+            self.stats.dropped(item.reason)
+            log.debug("%s: dropped %s: %s", self.device, item.reason, item.detail)
+        elif isinstance(item, PartVersion):
+            if self._store.offer(item) is Offer.NEWER:
+                async with self._model_changed:
+                    self._model_changed.notify_all()
+        elif isinstance(item, RoundClosed):
+            self._round_closed(item)
+        elif isinstance(item, Assignment):
+            self._assignment(item)
+        elif isinstance(item, UpdateAck):
+            self._ack(item)
+
+    def _round_closed(self, closed: RoundClosed) -> None:
+        if closed.round <= self._last_closed:
+            self.stats.count(Event.ROUND_REPEATED)
+            return
+        self._last_closed = closed.round
+        if self._on_round_closed is not None:
+            self._on_round_closed(self.device, closed.round)
+        stop_after = self._settings.stop_after_round
+        if stop_after and closed.round >= stop_after:
+            return
+        if self._announce is not None:
+            self._announce.cancel()  # a newer round supersedes a wait still under way
+        self._announce = self._spawn(self._announce_round(closed), f"announce-r{closed.round + 1}")
+        delay = self._world.drop_delay(self.index, closed.round + 1, self._settings.drop_prob)
+        if delay is not None:
+            self._spawn(self._drop_later(delay), f"drop-r{closed.round + 1}")
+
+    def _assignment(self, assignment: Assignment) -> None:
+        round_ = assignment.round
+        if round_ in self._taken:
+            self.stats.count(Event.ASSIGNMENT_REPEATED)
+            return
+        if round_ <= self._last_closed:
+            self.stats.count(Event.ASSIGNMENT_STALE)
+            return
+        self._taken.add(round_)
+        if not assignment.experts:
+            self.stats.count(Event.ASSIGNMENT_EMPTY)
+            return
+        arrived = asyncio.get_running_loop().time()
+        self._spawn(self._train_and_upload(assignment, arrived), f"train-r{round_}")
+
+    def _ack(self, ack: UpdateAck) -> None:
+        self.stats.acks[ack.status] += 1
+        if ack.update_id not in self._updates:
+            self.stats.count(Event.ACK_UNMATCHED)
+            return
+        if ack.status == "applied":
+            self.stats.applied.add((ack.update_id, ack.part))
+        pending = self._pending.get(ack.update_id)
+        if pending is None:
+            return  # already complete: e.g. the "duplicate" of a resend that crossed the ack
+        if pending.on_ack(ack) is AckEffect.STRANGER:
+            self.stats.count(Event.ACK_UNMATCHED)
+        if pending.done:
+            del self._pending[ack.update_id]
+            self._acked.pop(ack.update_id).set()
+
+    # -- work --------------------------------------------------------------------------------
+
+    async def _wait_parts(
+        self, wanted: Mapping[str, int], parts: Sequence[str]
+    ) -> dict[str, PartTensors] | None:
+        """The tensors of `parts` at the `wanted` versions, once held (bounded wait)."""
+
+        def settled() -> bool:
+            return self._store.readiness(wanted, parts) is not Readiness.WAITING
+
+        try:
+            async with asyncio.timeout(self._settings.model_wait_s):
+                async with self._model_changed:
+                    await self._model_changed.wait_for(settled)
+        except TimeoutError:
+            self.stats.count(Event.MODEL_TIMEOUT)
+            log.warning("%s: parts %s not received in time", self.device, dict(wanted))
+            return None
+        if self._store.readiness(wanted, parts) is Readiness.OUTDATED:
+            self.stats.count(Event.MODEL_OUTDATED)
+            return None
+        return self._store.take(parts)
+
+    async def _announce_round(self, closed: RoundClosed) -> None:
+        round_ = closed.round + 1
+        if not self._world.available(self.index, round_):
+            self.stats.count(Event.UNAVAILABLE)
+            await self._publish_status(round_, False, "unavailable")
+            return
+        parts = await self._wait_parts(closed.model_versions, self._all_parts)
+        if parts is None:
+            await self._publish_status(round_, False, "no model")
+            return
+        telemetry = self._world.telemetry(
+            self.index,
+            parts,
+            round_=round_,
+            gate_version=closed.round,
+            expert_loss=self._losses,
+            timestamp=self._clock(),
+        )
+        if not await self._publish_status(round_, True, "available"):
+            return
+        sent = await self._publish(
+            self._telemetry_topic,
+            encode(telemetry),
+            retain=False,
+            within_s=self._settings.model_wait_s,
+        )
+        if sent:
+            self.stats.count(Event.TELEMETRY_SENT)
+
+    async def _train_and_upload(self, assignment: Assignment, arrived: float) -> None:
+        experts = list(assignment.experts)
+        needed = [SHARED, *(expert_part_id(e) for e in experts)]
+        parts = await self._wait_parts(assignment.model_versions, needed)
+        if parts is None:
+            return
+        result = self._world.train(self.index, assignment, parts)
+        self.stats.rounds_trained += 1
+        self._losses = {expert_part_id(e): loss for e, loss in result.expert_loss.items()}
+        # The simulated device is busy for its round time (download, compute, upload).
+        loop = asyncio.get_running_loop()
+        busy_until = arrived + self._world.round_wall_s(self.index, experts)
+        await asyncio.sleep(max(busy_until - loop.time(), 0.0))
+        update = build_update(
+            result,
+            assignment,
+            train_seconds=self._scenario.round_time_s(self.index, experts),
+            timestamp=self._clock(),
+        )
+        await self._upload(PendingUpdate(update, encode(update)))
+
+    async def _upload(self, pending: PendingUpdate) -> None:
+        """Send until every part has a final ack; resend (same bytes) every resend_s."""
+        uid = pending.update_id
+        acked = asyncio.Event()
+        self._pending[uid], self._acked[uid] = pending, acked
+        self._updates.add(uid)
+        resend_s = self._settings.resend_s
+        try:
+            for _ in range(1 + self._settings.max_resends):
+                if await self._publish(
+                    self._update_topic, pending.payload, retain=False, within_s=resend_s
+                ):
+                    if pending.record_send():
+                        self.stats.sent.update((uid, part) for part in pending.parts)
+                    else:
+                        self.stats.resends += 1
+                try:
+                    async with asyncio.timeout(resend_s):
+                        await acked.wait()
+                    return
+                except TimeoutError:
+                    continue
+            self.stats.count(Event.UPDATE_ABANDONED)
+            log.warning("%s: gave update %s up after %d sends", self.device, uid, pending.sends)
+        finally:
+            self._pending.pop(uid, None)
+            self._acked.pop(uid, None)
+
+    async def _drop_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.drop_connection(self._settings.reconnect_s)

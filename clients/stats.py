@@ -1,0 +1,101 @@
+"""Counters of one device and their sums over a fleet (what `fedmoe fleet --stats-file` writes).
+
+updates_sent    distinct (update id, part) published at least once
+updates_acked   distinct (update id, part) of this run acknowledged "applied"
+acks            every UpdateAck received, by status (resends can earn "duplicate")
+resends         publishes of an update after its first
+rounds_trained  local trainings done
+drops           abrupt connection drops (simulated faults)
+events          everything else worth a number (see `Event`), incl. dropped inputs
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from clients.inbound import DropReason
+
+
+class Event(StrEnum):
+    """Countable things that happen to a device."""
+
+    TELEMETRY_SENT = "telemetry_sent"  # announced itself available for a round
+    UNAVAILABLE = "unavailable"  # not online in a round (scenario availability)
+    ROUND_REPEATED = "round_repeated"  # a RoundClosed it had already handled
+    MODEL_TIMEOUT = "model_timeout"  # wanted part versions did not arrive in time
+    MODEL_OUTDATED = "model_outdated"  # wanted part versions were already replaced
+    ASSIGNMENT_REPEATED = "assignment_repeated"  # an assignment of a round it already took
+    ASSIGNMENT_STALE = "assignment_stale"  # an assignment of a round already closed
+    ASSIGNMENT_EMPTY = "assignment_empty"  # an assignment without experts (nothing to train)
+    ACK_UNMATCHED = "ack_unmatched"  # an ack of no update of this run
+    UPDATE_ABANDONED = "update_abandoned"  # resends exhausted before every part was acked
+    PUBLISH_FAILED = "publish_failed"  # a publish that found no connection in time
+    RECONNECTS = "reconnects"  # connections after the first
+
+
+@dataclass
+class DeviceStats:
+    """One device's counters (see the module docstring)."""
+
+    sent: set[tuple[str, str]] = field(default_factory=set)
+    applied: set[tuple[str, str]] = field(default_factory=set)
+    acks: Counter[str] = field(default_factory=Counter)
+    resends: int = 0
+    rounds_trained: int = 0
+    drops: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    dropped_inputs: Counter[str] = field(default_factory=Counter)
+
+    def count(self, event: Event, n: int = 1) -> None:
+        """Add `n` to one event counter."""
+        self.events[event.value] += n
+
+    def dropped(self, reason: DropReason) -> None:
+        """Count one received message dropped for `reason`."""
+        self.dropped_inputs[reason.value] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "updates_sent": len(self.sent),
+            "updates_acked": len(self.applied),
+            "acks": dict(sorted(self.acks.items())),
+            "resends": self.resends,
+            "rounds_trained": self.rounds_trained,
+            "drops": self.drops,
+            "events": {e.value: self.events[e.value] for e in Event},
+            "dropped_inputs": {r.value: self.dropped_inputs[r.value] for r in DropReason},
+        }
+
+
+def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
+    """The sum of every counter over devices."""
+    acks: Counter[str] = Counter()
+    events: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    out: dict[str, Any] = {
+        "devices": 0,
+        "updates_sent": 0,
+        "updates_acked": 0,
+        "resends": 0,
+        "rounds_trained": 0,
+        "drops": 0,
+    }
+    for s in stats:
+        out["devices"] += 1
+        out["updates_sent"] += len(s.sent)
+        out["updates_acked"] += len(s.applied)
+        out["resends"] += s.resends
+        out["rounds_trained"] += s.rounds_trained
+        out["drops"] += s.drops
+        acks.update(s.acks)
+        events.update(s.events)
+        dropped.update(s.dropped_inputs)
+    out["acks"] = dict(sorted(acks.items()))
+    out["events"] = {e.value: events[e.value] for e in Event}
+    out["dropped_inputs"] = {r.value: dropped[r.value] for r in DropReason}
+    return out

@@ -1,0 +1,118 @@
+"""A device's upload, pure: the `ModelUpdate` of one round and its end-to-end ack bookkeeping.
+
+One update per (device, round): parts `shared` (weight = the device's sample count, loss = its
+mean local loss) and `expert-e` for each assigned e (weight = samples routed to e after
+training, loss = their mean loss, 0 when none were routed), every part based on the version the
+assignment named. Its id, `up-{device}-r{round}`, is the envelope message id and the update id
+the aggregator acks; it depends only on (device, round), so a resend — or a retrain of the same
+round after a restart, which gives the same weights (seeded) — is recognised as the same update.
+
+`PendingUpdate` keeps the update until every part got a final `UpdateAck` (applied, duplicate,
+late or rejected, all final: a resend cannot change them); until then it is resent, with the
+same bytes, every `resend_s`, at most `max_resends` times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from moe.parts import SHARED, expert_part_id
+from moe.training import LocalResult
+from schemas.messages import Assignment, ModelUpdate, PartPayload, UpdateAck
+
+
+def update_id(device: str, round_: int) -> str:
+    """The id of `device`'s update of `round_` (stable across resends and restarts)."""
+    return f"up-{device}-r{round_}"
+
+
+def build_update(
+    result: LocalResult, assignment: Assignment, *, train_seconds: float, timestamp: float
+) -> ModelUpdate:
+    """The upload of one local training result for `assignment` (see the module docstring)."""
+    parts = [
+        PartPayload(
+            part=SHARED,
+            base_version=assignment.model_versions[SHARED],
+            weight=float(result.num_samples),
+            loss=result.train_loss,
+            tensors=result.parts[SHARED],
+        )
+    ]
+    for expert in assignment.experts:
+        part = expert_part_id(expert)
+        parts.append(
+            PartPayload(
+                part=part,
+                base_version=assignment.model_versions[part],
+                weight=float(result.expert_samples[expert]),
+                loss=result.expert_loss.get(expert, 0.0),
+                tensors=result.parts[part],
+            )
+        )
+    return ModelUpdate(
+        message_id=update_id(assignment.device_id, assignment.round),
+        device_id=assignment.device_id,
+        round=assignment.round,
+        timestamp=timestamp,
+        num_samples=result.num_samples,
+        train_seconds=train_seconds,
+        parts=tuple(parts),
+    )
+
+
+class AckEffect(StrEnum):
+    """What one `UpdateAck` did to a pending update."""
+
+    FINAL = "final"  # the first final status of one of its parts
+    REPEAT = "repeat"  # a part that already had its final status (e.g. a resend's duplicate)
+    STRANGER = "stranger"  # not a part of this update
+
+
+@dataclass
+class PendingUpdate:
+    """One update kept until every part is acknowledged (see the module docstring)."""
+
+    update: ModelUpdate
+    payload: bytes
+    sends: int = 0
+    statuses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def update_id(self) -> str:
+        """The update's id (its envelope message id)."""
+        return self.update.message_id
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Every part of the update."""
+        return tuple(p.part for p in self.update.parts)
+
+    @property
+    def done(self) -> bool:
+        """Every part has its final status."""
+        return all(p in self.statuses for p in self.parts)
+
+    def record_send(self) -> bool:
+        """Count one send; True when it is the first (later ones are resends)."""
+        self.sends += 1
+        return self.sends == 1
+
+    def may_resend(self, max_resends: int) -> bool:
+        """Whether another resend is allowed (not done, resends left)."""
+        return not self.done and self.sends - 1 < max_resends
+
+    def on_ack(self, ack: UpdateAck) -> AckEffect:
+        """Take one ack of this device (any update id) into account."""
+        if ack.update_id != self.update_id or ack.part not in self.parts:
+            return AckEffect.STRANGER
+        if ack.part in self.statuses:
+            return AckEffect.REPEAT
+        self.statuses[ack.part] = ack.status
+        return AckEffect.FINAL
+
+    def final_statuses(self) -> Mapping[str, str]:
+        """Part → final status, for the parts acknowledged so far."""
+        return dict(self.statuses)
