@@ -14,6 +14,7 @@ SERVICES: dict[str, tuple[str, str]] = {
     "aggregator": ("services.aggregator.app", "per-part aggregation of updates → part versions"),
     "gateway": ("services.gateway.app", "MQTT ↔ Kafka bridge: devices in, assignments/model out"),
     "matcher": ("services.matcher.app", "the round clock: opens rounds, matches, closes rounds"),
+    "evaluator": ("services.evaluator.app", "scores the global model of every closed round"),
     "profiler": ("services.profiler.app", "device telemetry and round outcomes → profiles"),
 }
 
