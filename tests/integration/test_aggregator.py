@@ -1,0 +1,323 @@
+"""The aggregator against real brokers: a round over the bus gives the reference FedAvg, and a
+SIGKILL mid-round loses no update and applies none twice."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from brokers.settings import BrokerSettings
+from fedmoe.scenario import ScenarioSettings
+from fedmoe.settings import load_settings
+from moe.parts import part_ids
+from moe.scenario import build_scenario
+from schemas import (
+    Message,
+    PartClosed,
+    PartPayload,
+    PartUpdate,
+    PartVersion,
+    RoundOpened,
+    UpdateAck,
+    encode,
+)
+from schemas.topics import Topic
+from services.aggregator.app import build_handler, build_runtime
+from services.aggregator.settings import AggregatorSettings
+from services.runtime import RuntimeSettings
+from tests.integration.programs.harness import (
+    ServiceProcess,
+    TopicCollector,
+    broker_environ,
+    committed_offsets,
+    kafka_producer,
+)
+
+# A small world: 3 parts (shared, expert-0, expert-1); cheap to build in the test and the service.
+SCENARIO_ENV = {
+    "FEDMOE_SCENARIO_REGIME": "label-skew",
+    "FEDMOE_SCENARIO_DEVICES": "4",
+    "FEDMOE_SCENARIO_EXPERTS": "2",
+    "FEDMOE_SCENARIO_SEED": "3",
+}
+Tensors = dict[str, NDArray[np.float32]]
+Record = tuple[bytes, bytes, int | None]  # key, value, Kafka timestamp (ms) or None for now
+
+
+def scenario() -> ScenarioSettings:
+    return load_settings(ScenarioSettings, SCENARIO_ENV)
+
+
+def initial_parts() -> dict[str, Tensors]:
+    return build_scenario(scenario().config()).initial_parts()
+
+
+def marker(round_: int, expected: Mapping[str, int], deadline: float) -> RoundOpened:
+    return RoundOpened(
+        message_id=f"round-{round_}", device_id="matcher", round=round_, timestamp=time.time(),
+        deadline=deadline, strategy="test", devices=max(expected.values(), default=0),
+        expected_parts=dict(expected), model_versions=dict.fromkeys(expected, 0),
+    )  # fmt: skip
+
+
+def markers(round_: int, expected: Mapping[str, int], deadline: float) -> list[Record]:
+    """One round marker per part, keyed by the part (what the matcher produces to updates)."""
+    value = encode(marker(round_, expected, deadline))
+    return [(part.encode(), value, None) for part in expected]
+
+
+def part_update(device: str, part: str, tensors: Tensors, weight: float) -> PartUpdate:
+    uid = f"{device}-r1"
+    return PartUpdate(
+        message_id=f"{uid}/{part}", device_id=device, round=1, timestamp=time.time(),
+        update_id=uid, parts_total=3, num_samples=int(weight),
+        payload=PartPayload(part=part, base_version=0, weight=weight, loss=0.3, tensors=tensors),
+    )  # fmt: skip
+
+
+def trained(base: Tensors, rng: np.random.Generator) -> Tensors:
+    return {
+        n: (a + rng.normal(scale=0.05, size=a.shape)).astype(np.float32) for n, a in base.items()
+    }
+
+
+def reference_fedavg(
+    updates: Sequence[tuple[Mapping[str, np.ndarray], float]],
+) -> dict[str, NDArray[np.float64]]:
+    """Σ wᵢ·uᵢ / Σ wᵢ in float64, directly over the distinct updates."""
+    weights = np.array([w for _, w in updates], dtype=np.float64)
+    return {
+        n: np.tensordot(weights, np.stack([u[n] for u, _ in updates]).astype(np.float64), 1)
+        / weights.sum()
+        for n in updates[0][0]
+    }
+
+
+async def produce(broker: BrokerSettings, records: Sequence[Record]) -> None:
+    topic = broker.topic_table().name(Topic.UPDATES)
+    async with kafka_producer(broker) as producer:
+        acks = [await producer.send(topic, value=v, key=k, timestamp_ms=ts) for k, v, ts in records]
+        await asyncio.wait_for(asyncio.gather(*acks), 30)
+
+
+def closed_parts(messages: Sequence[Message], round_: int) -> set[str]:
+    return {m.part for m in messages if isinstance(m, PartClosed) and m.round == round_}
+
+
+def check_weights(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> None:
+    assert set(got) == set(want)
+    for name, array in want.items():
+        assert got[name].dtype == np.float32
+        np.testing.assert_allclose(got[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.timeout(90)
+async def test_a_round_over_the_bus_gives_the_reference_fedavg(
+    broker_env: BrokerSettings, tmp_path: Path
+) -> None:
+    table = broker_env.topic_table()
+    parts = part_ids(build_scenario(scenario().config()).model)
+    base = initial_parts()
+    rng = np.random.default_rng(11)
+    n_devices, now = 6, time.time()
+    deadline = now + 60
+    sent: dict[str, list[tuple[Tensors, float]]] = {"shared": [], "expert-0": []}
+    records = markers(0, dict.fromkeys(parts, 0), now)
+    records += markers(1, {"shared": n_devices, "expert-0": n_devices, "expert-1": 0}, deadline)
+    late = part_update("dev-late", "shared", trained(base["shared"], rng), 50.0)
+    for i in range(n_devices):
+        for part in sent:
+            tensors, weight = trained(base[part], rng), float(rng.integers(1, 60))
+            sent[part].append((tensors, weight))
+            records.append(
+                (part.encode(), encode(part_update(f"dev-{i}", part, tensors, weight)), None)
+            )
+        if i == 2:  # received by the gateway 5 s after the deadline
+            records.append((b"shared", encode(late), int((deadline + 5) * 1000)))
+    settings = AggregatorSettings(
+        checkpoint_dir=tmp_path, group_id=f"{broker_env.namespace}-agg", grace_s=1.0
+    )
+    handler = build_handler(settings, scenario(), broker_env)
+    runtime = build_runtime(
+        handler, settings, broker_env,
+        RuntimeSettings(poll_timeout_s=0.2, tick_interval_s=0.2, session_timeout_s=6.0),
+    )  # fmt: skip
+    async with (
+        TopicCollector(broker_env, table.name(Topic.ACKS)) as acks,
+        TopicCollector(broker_env, table.name(Topic.MODEL)) as model,
+        TopicCollector(broker_env, table.name(Topic.ROUNDS)) as rounds,
+        runtime,
+    ):
+        await produce(broker_env, records)
+        await rounds.wait_until(lambda ms: closed_parts(ms, 1) == set(parts), 45, "round 1 closed")
+        await acks.wait_until(lambda ms: len(ms) >= 2 * n_devices + 1, 10, "every ack")
+        runtime.stop()
+        await asyncio.wait_for(runtime.wait(), 20)
+    ack_status = Counter(
+        (a.device_id, a.part, a.status, a.reason) for a in acks.messages if isinstance(a, UpdateAck)
+    )
+    assert ack_status == Counter(
+        {(f"dev-{i}", p, "applied", ""): 1 for i in range(n_devices) for p in sent}
+        | {("dev-late", "shared", "late", "after-deadline"): 1}
+    )
+    assert acks.keys == [a.device_id.encode() for a in acks.messages]
+    closes = {m.part: m for m in rounds.messages if isinstance(m, PartClosed) and m.round == 1}
+    assert {p: (c.applied, c.version, c.reason) for p, c in closes.items()} == {
+        "shared": (n_devices, 1, "quorum"),
+        "expert-0": (n_devices, 1, "quorum"),
+        "expert-1": (0, 0, "quorum"),
+    }
+    versions: dict[str, list[PartVersion]] = defaultdict(list)
+    for m in model.messages:
+        assert isinstance(m, PartVersion)
+        versions[m.part].append(m)
+    for part in parts:
+        first = versions[part][0]
+        assert (first.version, first.round) == (0, 0), "v0 is published before anything else"
+        check_weights(first.tensors, base[part])
+    for part, updates in sent.items():
+        (v1,) = [v for v in versions[part] if v.version == 1]
+        check_weights(v1.tensors, reference_fedavg(updates))
+        assert v1.contributors == n_devices
+        assert v1.samples == pytest.approx(sum(w for _, w in updates))
+    committed = await committed_offsets(broker_env, settings.group_id, table.name(Topic.UPDATES))
+    assert sum(committed.values()) == len(records)
+
+
+# -- the restart test --------------------------------------------------------------------------
+
+N_DEVICES = 60  # × 3 parts = 180 distinct part updates
+N_RESENT = 20  # + 20 resent copies = 200 records
+
+
+def fedmoe_argv() -> list[str]:
+    """`.venv/bin/fedmoe service aggregator`, run by the venv's interpreter."""
+    return [str(Path(sys.executable).parent / "fedmoe"), "service", "aggregator"]
+
+
+def applied_acks(messages: Sequence[Message]) -> set[str]:
+    return {m.message_id for m in messages if isinstance(m, UpdateAck) and m.status == "applied"}
+
+
+@pytest.mark.timeout(120)
+async def test_sigkill_mid_round_loses_no_update_and_applies_none_twice(
+    broker_env: BrokerSettings, tmp_path: Path
+) -> None:
+    table = broker_env.topic_table()
+    parts = ("shared", "expert-0", "expert-1")
+    base = initial_parts()
+    rng = np.random.default_rng(5)
+    distinct: dict[tuple[str, str], tuple[PartUpdate, bytes]] = {}
+    for i in range(N_DEVICES):
+        for part in parts:
+            message = part_update(
+                f"dev-{i:03d}", part, trained(base[part], rng), float(rng.integers(1, 50))
+            )
+            distinct[(message.update_id, part)] = (message, encode(message))
+    order = list(distinct)  # production order, device by device
+    picker = random.Random(5)
+    resent = picker.sample(order, N_RESENT)
+    for key in resent:  # a resend lands later in the stream than its original, some across the kill
+        order.insert(picker.randrange(order.index(key) + 1, len(order) + 1), key)
+    stream: list[Record] = [(key[1].encode(), distinct[key][1], None) for key in order]
+    first_half, second_half = stream[:100], stream[100:]
+    now = time.time()
+    opening = markers(0, dict.fromkeys(parts, 0), now)
+    opening += markers(1, dict.fromkeys(parts, N_DEVICES), now + 300)
+    env = broker_environ(
+        broker_env,
+        **SCENARIO_ENV,
+        FEDMOE_AGGREGATOR_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        FEDMOE_AGGREGATOR_GROUP_ID=f"{broker_env.namespace}-agg",
+        FEDMOE_RUNTIME_MAX_BATCH="4",
+        FEDMOE_RUNTIME_SESSION_TIMEOUT_S="6",
+        FEDMOE_RUNTIME_METRICS_INTERVAL_S="2",
+    )
+    service = ServiceProcess(fedmoe_argv(), env, tmp_path / "aggregator.log")
+    async with (
+        TopicCollector(broker_env, table.name(Topic.ACKS)) as acks,
+        TopicCollector(broker_env, table.name(Topic.MODEL)) as model,
+        TopicCollector(broker_env, table.name(Topic.ROUNDS)) as rounds,
+        TopicCollector(broker_env, table.name(Topic.DEAD_LETTER)) as letters,
+    ):
+        try:
+            await produce(broker_env, opening + first_half)
+            await service.start()
+            await acks.wait_until(lambda ms: len(applied_acks(ms)) >= 40, 40, "40 applied acks")
+            await service.kill()
+            applied_at_kill = len(applied_acks(acks.messages))
+            closed_at_kill = closed_parts(rounds.messages, 1)
+            group, updates_topic = f"{broker_env.namespace}-agg", table.name(Topic.UPDATES)
+            committed_at_kill = sum(
+                (await committed_offsets(broker_env, group, updates_topic)).values()
+            )
+            await produce(broker_env, second_half)
+            restarted = time.monotonic()
+            await service.start()
+            await rounds.wait_until(lambda ms: closed_parts(ms, 1) == set(parts), 60, "round 1")
+            took_s = time.monotonic() - restarted
+            await acks.wait_until(
+                lambda ms: len({(a.update_id, a.part) for a in ms if isinstance(a, UpdateAck)})
+                >= len(distinct), 20, "an ack of every update",
+            )  # fmt: skip
+            assert await service.terminate() == 0
+        except BaseException:
+            print(service.log_text()[-6000:])
+            raise
+        await asyncio.sleep(0)
+    ack_messages = [a for a in acks.messages if isinstance(a, UpdateAck)]
+    by_update: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for a in ack_messages:
+        by_update[(a.update_id, a.part)][a.status].add(a.message_id)
+    raw = Counter(a.status for a in ack_messages)
+    report = (
+        f"\naggregator SIGKILL: {len(distinct)} distinct updates, {len(stream)} records "
+        f"({N_RESENT} resent); killed after {applied_at_kill} applied acks with "
+        f"{len(opening) + len(first_half) - committed_at_kill} records not yet committed; "
+        f"round closed {took_s:.1f}s after the restart; ack records {dict(raw)}, "
+        f"distinct applied ack ids "
+        f"{sum(len(s['applied']) for s in by_update.values())}"
+    )
+    print(report)
+    assert closed_at_kill == set(), "the kill must land mid-round"
+    assert 0 < applied_at_kill < len(distinct)
+    assert letters.messages == []
+    # Every distinct update has exactly one applied ack (replays reuse its id), and no other
+    # verdict than duplicate; every resent one was answered duplicate at least once.
+    assert set(by_update) == set(distinct)
+    for key, statuses in by_update.items():
+        assert len(statuses["applied"]) == 1, (key, statuses)
+        assert set(statuses) <= {"applied", "duplicate"}, (key, statuses)
+    assert all(by_update[key]["duplicate"] for key in resent)
+    # Applied exactly once: the count and the weights of every part.
+    closes = [m for m in rounds.messages if isinstance(m, PartClosed) and m.round == 1]
+    assert {(c.part, c.applied, c.version, c.reason) for c in closes} == {
+        (p, N_DEVICES, 1, "quorum") for p in parts
+    }
+    for part in parts:
+        updates = [
+            (m.payload.tensors, m.payload.weight)
+            for (_, p), (m, _) in distinct.items()
+            if p == part
+        ]
+        v1 = [
+            m
+            for m in model.messages
+            if isinstance(m, PartVersion) and m.part == part and m.version == 1
+        ]
+        assert v1, part
+        for version in v1:  # a replayed close says the same
+            check_weights(version.tensors, reference_fedavg(updates))
+    committed = await committed_offsets(
+        broker_env, f"{broker_env.namespace}-agg", table.name(Topic.UPDATES)
+    )
+    assert sum(committed.values()) == len(opening) + len(stream)
