@@ -16,6 +16,7 @@ SERVICES: dict[str, tuple[str, str]] = {
     "matcher": ("services.matcher.app", "the round clock: opens rounds, matches, closes rounds"),
     "evaluator": ("services.evaluator.app", "scores the global model of every closed round"),
     "profiler": ("services.profiler.app", "device telemetry and round outcomes → profiles"),
+    "load-monitor": ("services.load_monitor.app", "per-expert load and imbalance → expert-load"),
 }
 
 
