@@ -7,7 +7,8 @@
 Run exactly one matcher: it is the round clock (a second one would open rounds twice). Its
 state is not checkpointed: `rounds` holds every round event and `profiles` / `expert-load` the
 latest per key, so it is rebuilt from them at start (`services.resume`), before the runtime's
-first tick can act.
+first tick can act; `assignments` is read too, to tell whether the open round's assignments
+went out before the restart (`RoundClock.resume`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from moe.scenario import build_scenario
 from schemas.messages import ProfileSnapshot
 from services.entrypoint import service_main
 from services.matcher.clock import ClockConfig, RoundClock
-from services.matcher.handler import INPUTS, MatcherHandler
+from services.matcher.handler import INPUTS, REPLAYED, MatcherHandler
 from services.matcher.planning import MatchingContext, RoundPlan, model_part_ids, plan_round
 from services.matcher.settings import MatcherSettings
 from services.metrics import ServiceMetrics
@@ -76,7 +77,7 @@ def matcher_service(
         broker,
         name=NAME,
         handler=handler,
-        replay=INPUTS,
+        replay=REPLAYED,
         inputs=INPUTS,
         group_id=settings.group_id,
         settings=runtime,

@@ -18,14 +18,21 @@
 
 Invariants: at most one round is open; a round number is never opened twice (the next round is
 one past the highest seen opened or closed); each round gets one `RoundClosed`; no round past
-`max_rounds` opens. What is lost on a crash: assignments computed but not yet produced (the
-window between the `RoundOpened` ack and the assignments' ack); that round then closes at its
-deadline with the updates it got (none), and the next round matches afresh.
+`max_rounds` opens.
+
+A crash between the `RoundOpened` and the assignments (the assignments are in memory only):
+after the replay, `resume(assigned, now)` is told which devices of the open round have an
+`Assignment` in the log. If some are missing and the deadline is still ahead, the round is
+planned again from the replayed profiles and load (unchanged since: no assignment reached the
+profiler or the load monitor); when the plan matches the logged `RoundOpened` (same devices per
+part), the `RoundOpened` and its markers are announced again (harmless: an aggregator opens a
+round once) and the missing assignments follow when it is read back, with the logged deadline
+and versions. Otherwise the round closes at its deadline with what it got.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from moe.load import ExpertLoadState
@@ -94,6 +101,7 @@ class RoundClock:
         self._load: ExpertLoad | None = None
         self._load_after_close = False
         self._held: tuple[int, list[Assignment]] | None = None  # round, its assignments
+        self._reannounce: RoundOpened | None = None  # to produce again after a restart
 
     # -- what it knows -----------------------------------------------------------------------
 
@@ -211,11 +219,54 @@ class RoundClock:
         if self._closed is not None and message.round >= self._closed.round:
             self._load_after_close = True
 
+    def resume(self, assigned: Collection[str], now: float) -> str:
+        """After a restore: plan the open round's missing assignments again (see above).
+
+        Args:
+            assigned: devices with an `Assignment` of the open round in the log.
+            now: the wall clock.
+
+        Returns:
+            What was decided, for the log.
+        """
+        opened, r = self._opened, self.open_round
+        if opened is None or r is None or r == GENESIS_ROUND:
+            return "no round to resume"
+        if len(set(assigned)) >= opened.devices:
+            return f"round {r}: all {opened.devices} assignments in the log"
+        if now >= opened.deadline:
+            return f"round {r}: assignments missing, deadline passed: it closes by its deadline"
+        plan = self._planner(r, self.profiles(), self.load_state())
+        if plan.devices != opened.devices or plan.expected_parts(self._num_experts) != dict(
+            opened.expected_parts
+        ):
+            return f"round {r}: assignments missing, the profiles changed: closes by its deadline"
+        missing = [
+            Assignment(
+                message_id=f"assignment-{r}-{device}",
+                device_id=device,
+                round=r,
+                timestamp=opened.timestamp,
+                experts=experts,
+                deadline=opened.deadline,
+                model_versions=opened.model_versions,
+            )
+            for device, experts in sorted(plan.experts.items())
+            if device not in assigned
+        ]
+        self._held = (r, missing)
+        self._reannounce = opened
+        return f"round {r}: {len(missing)} assignments missing: announcing the round again"
+
     # -- time --------------------------------------------------------------------------------
 
     def advance(self, now: float) -> list[Outbound]:
         """What is due at `now`: close the open round, or open the next one, or nothing."""
         opened, open_round = self._opened, self.open_round
+        if self._reannounce is not None:
+            again, self._reannounce = self._reannounce, None
+            if again.round == open_round:
+                return self._announce(again)
         if opened is not None and open_round is not None:
             if all(p in self._closed_parts for p in self.config.parts):
                 return self._close(opened, "parts-closed", now)
@@ -289,7 +340,10 @@ class RoundClock:
         self._opened = opened
         self._closed_parts = {}
         self._held = (r, assignments) if assignments else None
-        markers = [Outbound(Topic.UPDATES, part, opened) for part in config.parts]
+        return self._announce(opened)
+
+    def _announce(self, opened: RoundOpened) -> list[Outbound]:
+        markers = [Outbound(Topic.UPDATES, part, opened) for part in self.config.parts]
         return [Outbound(Topic.ROUNDS, ROUND_KEY, opened), *markers]
 
     def _close(self, opened: RoundOpened, reason: str, now: float) -> list[Outbound]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from brokers.replay import ReplayedRecord
 from schemas.messages import (
+    Assignment,
     ExpertLoad,
     Message,
     PartClosed,
@@ -30,8 +31,10 @@ from services.watermarks import Watermarks
 
 log = logging.getLogger(__name__)
 
-# Replay order: round events first, so the load and the profiles meet the rounds they follow.
 INPUTS: tuple[Topic, ...] = (Topic.ROUNDS, Topic.EXPERT_LOAD, Topic.PROFILES)
+# Replay order: round events first, so the load and the profiles meet the rounds they follow;
+# then the assignments, only to learn which devices of the open round got theirs.
+REPLAYED: tuple[Topic, ...] = (*INPUTS, Topic.ASSIGNMENTS)
 _ACCEPTS: dict[Topic, tuple[type[Message], ...]] = {
     Topic.ROUNDS: (RoundOpened, PartClosed, RoundClosed),
     Topic.EXPERT_LOAD: (ExpertLoad,),
@@ -54,17 +57,25 @@ class MatcherHandler:
         self._metrics = metrics
         self._now = now
         self._accepts = {table.name(t): types for t, types in _ACCEPTS.items()}
-        self._order = {table.name(t): i for i, t in enumerate(INPUTS)}
+        self._order = {table.name(t): i for i, t in enumerate(REPLAYED)}
+        self._assignments = table.name(Topic.ASSIGNMENTS)
         self._watermarks = Watermarks()
 
     def restore(self, records: Sequence[ReplayedRecord]) -> int:
         """Fold replayed history (no outputs); returns the records folded.
 
         Records the clock refuses were dead-lettered when first consumed: logged and passed.
+        Then the clock resumes the open round (`RoundClock.resume`) knowing who was assigned.
         """
         folded = 0
         ordered = sorted(records, key=lambda r: self._order.get(r.topic, len(self._order)))
+        assigned: set[str] = set()
         for rec in ordered:
+            if rec.topic == self._assignments:
+                message = rec.message
+                if isinstance(message, Assignment) and message.round == self.clock.open_round:
+                    assigned.add(message.device_id)
+                continue
             if self._watermarks.seen(rec.topic, rec.partition, rec.offset):
                 continue
             self._watermarks.note(rec.topic, rec.partition, rec.offset)
@@ -75,6 +86,7 @@ class MatcherHandler:
                 log.warning("matcher: replayed %s/%d@%d refused: %s", *_where(rec), exc)
                 continue
             folded += 1
+        log.info("matcher: resume: %s", self.clock.resume(assigned, self._now()))
         return folded
 
     async def handle(self, record: InboundRecord) -> list[Outbound]:

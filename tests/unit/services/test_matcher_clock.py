@@ -31,7 +31,7 @@ from services.handler import Outbound
 from services.matcher.clock import ClockConfig, RoundClock
 from services.matcher.planning import MatchingContext, RoundPlan, model_part_ids, plan_round
 
-SCENARIO = build_scenario(ScenarioConfig(num_devices=6, num_experts=4, seed=3))
+SCENARIO = build_scenario(ScenarioConfig(num_devices=6, num_experts=4, seed=3, deadline_s=6.0))
 CONTEXT = MatchingContext.from_scenario(SCENARIO)
 PARTS = model_part_ids(4)
 DEADLINE_WALL = 20.0
@@ -392,3 +392,70 @@ def test_bad_inputs_are_refused_and_change_nothing(message: Message) -> None:
         clock.apply(message, at=100.0)
     assert clock.open_round == 0
     assert clock.versions == dict.fromkeys(PARTS, 0)
+
+
+def _crash_after_open() -> tuple[list[Message], list[Message], list[Assignment], RoundOpened]:
+    """A clock that opened round 1 and died before its assignments went out: the log it left
+    (rounds; load + profiles), the assignments it would have sent, and its RoundOpened."""
+    first = make_clock()
+    rounds_log = _log_of(first.advance(100.0))
+    for part in PARTS:
+        rounds_log.append(part_closed(0, part, 0))
+        first.apply(rounds_log[-1], at=100.0)
+    rounds_log += _log_of(first.advance(100.1))
+    inputs: list[Message] = [load_message(ExpertLoadState.empty(4), 0, ts=100.2)]
+    inputs += [snapshot(i, 1, ts=100.3) for i in range(6)]
+    for msg in inputs:
+        first.apply(msg, at=100.3)
+    out = first.advance(100.4)
+    rounds_log += _log_of(out)
+    opened = out[0].message
+    assert isinstance(opened, RoundOpened)
+    would = [o.message for o in first.apply(opened, at=100.5)]
+    assert all(isinstance(a, Assignment) for a in would)
+    return rounds_log, inputs, would, opened  # type: ignore[return-value]
+
+
+def _restored(history: list[Message]) -> RoundClock:
+    clock = make_clock()
+    for msg in history:
+        clock.apply(msg, at=100.0)
+    return clock
+
+
+def test_resume_sends_the_assignments_a_crash_kept_from_the_log() -> None:
+    rounds_log, inputs, would, opened = _crash_after_open()
+    assert len(would) == opened.devices > 0
+    clock = _restored(rounds_log + inputs)
+    assert "announcing" in clock.resume(set(), now=101.0)
+    out = clock.advance(101.0)
+    assert [o.message for o in out] == [opened] * (1 + len(PARTS))  # the same round, again
+    assert [(o.topic, o.key) for o in out[1:]] == [(Topic.UPDATES, p) for p in PARTS]
+    released = clock.apply(opened, at=101.1)
+    assert [o.message for o in released] == would
+    assert clock.advance(101.2) == []  # nothing else: the round is open, not reopened
+
+
+def test_resume_sends_only_the_missing_assignments() -> None:
+    rounds_log, inputs, would, _ = _crash_after_open()
+    assert len(would) >= 2
+    clock = _restored(rounds_log + inputs)
+    first_device = would[0].device_id
+    clock.resume({first_device}, now=101.0)
+    opened = clock.advance(101.0)[0].message
+    released = clock.apply(opened, at=101.1)
+    assert [o.message for o in released] == would[1:]
+
+
+def test_resume_does_nothing_when_all_went_out_or_it_is_too_late_or_profiles_moved() -> None:
+    rounds_log, inputs, would, opened = _crash_after_open()
+    clock = _restored(rounds_log + inputs)
+    assert "all" in clock.resume({a.device_id for a in would}, now=101.0)
+    assert clock.advance(101.0) == []
+    clock = _restored(rounds_log + inputs)
+    assert "deadline passed" in clock.resume(set(), now=opened.deadline)
+    changed = [*inputs, snapshot(int(would[0].device_id[-1]), 1, online=False, ts=100.6)]
+    clock = _restored(rounds_log + changed)
+    assert "changed" in clock.resume(set(), now=101.0)
+    assert clock.advance(101.0) == []
+    assert clock.held_assignments == 0
