@@ -53,12 +53,12 @@ Tensors = dict[str, NDArray[np.float32]]
 Record = tuple[bytes, bytes, int | None]  # key, value, Kafka timestamp (ms) or None for now
 
 
-def scenario() -> ScenarioSettings:
-    return load_settings(ScenarioSettings, SCENARIO_ENV)
+def scenario(env: Mapping[str, str] = SCENARIO_ENV) -> ScenarioSettings:
+    return load_settings(ScenarioSettings, env)
 
 
-def initial_parts() -> dict[str, Tensors]:
-    return build_scenario(scenario().config()).initial_parts()
+def initial_parts(env: Mapping[str, str] = SCENARIO_ENV) -> dict[str, Tensors]:
+    return build_scenario(scenario(env).config()).initial_parts()
 
 
 def marker(round_: int, expected: Mapping[str, int], deadline: float) -> RoundOpened:
@@ -75,12 +75,14 @@ def markers(round_: int, expected: Mapping[str, int], deadline: float) -> list[R
     return [(part.encode(), value, None) for part in expected]
 
 
-def part_update(device: str, part: str, tensors: Tensors, weight: float) -> PartUpdate:
-    uid = f"{device}-r1"
+def part_update(
+    device: str, part: str, tensors: Tensors, weight: float, round_: int = 1, base: int = 0
+) -> PartUpdate:
+    uid = f"{device}-r{round_}"
     return PartUpdate(
-        message_id=f"{uid}/{part}", device_id=device, round=1, timestamp=time.time(),
+        message_id=f"{uid}/{part}", device_id=device, round=round_, timestamp=time.time(),
         update_id=uid, parts_total=3, num_samples=int(weight),
-        payload=PartPayload(part=part, base_version=0, weight=weight, loss=0.3, tensors=tensors),
+        payload=PartPayload(part=part, base_version=base, weight=weight, loss=0.3, tensors=tensors),
     )  # fmt: skip
 
 
@@ -321,3 +323,139 @@ async def test_sigkill_mid_round_loses_no_update_and_applies_none_twice(
         broker_env, f"{broker_env.namespace}-agg", table.name(Topic.UPDATES)
     )
     assert sum(committed.values()) == len(opening) + len(stream)
+
+
+# -- two instances -----------------------------------------------------------------------------
+
+
+def round_updates(
+    round_: int, base: Mapping[str, Tensors], version: int, seed: int
+) -> dict[tuple[str, str], PartUpdate]:
+    """Every device's update of every part for `round_`, trained from `base` at `version`."""
+    rng = np.random.default_rng(seed)
+    out: dict[tuple[str, str], PartUpdate] = {}
+    for i in range(N_DEVICES):
+        for part, tensors in base.items():
+            weight = float(rng.integers(1, 50))
+            message = part_update(
+                f"dev-{i:03d}", part, trained(tensors, rng), weight, round_, version
+            )
+            out[(message.update_id, part)] = message
+    return out
+
+
+async def log_says(process: ServiceProcess, text: str, timeout_s: float) -> None:
+    """Wait until `text` appears in the process's log (polled; AssertionError on timeout)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while text not in process.log_text():
+                assert not process.exited(), f"exited: {process.log_text()[-2000:]}"
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"no {text!r} in the log after {timeout_s}s") from None
+
+
+def records_of(updates: Mapping[tuple[str, str], PartUpdate]) -> list[Record]:
+    return [(part.encode(), encode(m), None) for (_, part), m in updates.items()]
+
+
+@pytest.mark.timeout(120)
+async def test_two_instances_share_the_parts_and_hand_them_over(
+    broker_env: BrokerSettings, tmp_path: Path
+) -> None:
+    """A second instance joins mid-round (the parts are split), then the first leaves after
+    the round: every part continues from the state the other instance checkpointed."""
+    table = broker_env.topic_table()
+    # 3 experts: expert-2's key lands in partition 1, the others' in 5..7, so any split of the
+    # 8 partitions between two members gives each of them parts.
+    scenario_env = {**SCENARIO_ENV, "FEDMOE_SCENARIO_EXPERTS": "3"}
+    parts = ("shared", "expert-0", "expert-1", "expert-2")
+    rounds_1 = round_updates(1, initial_parts(scenario_env), 0, seed=21)
+    stream = records_of(rounds_1)
+    now = time.time()
+    opening = markers(0, dict.fromkeys(parts, 0), now)
+    opening += markers(1, dict.fromkeys(parts, N_DEVICES), now + 300)
+    env = broker_environ(
+        broker_env,
+        **scenario_env,
+        FEDMOE_AGGREGATOR_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        FEDMOE_AGGREGATOR_GROUP_ID=f"{broker_env.namespace}-agg",
+        FEDMOE_RUNTIME_MAX_BATCH="4",
+        FEDMOE_RUNTIME_SESSION_TIMEOUT_S="6",
+    )
+    first = ServiceProcess(
+        fedmoe_argv(), {**env, "FEDMOE_AGGREGATOR_INSTANCE_ID": "agg-a"}, tmp_path / "a.log"
+    )
+    second = ServiceProcess(
+        fedmoe_argv(), {**env, "FEDMOE_AGGREGATOR_INSTANCE_ID": "agg-b"}, tmp_path / "b.log"
+    )
+    async with (
+        TopicCollector(broker_env, table.name(Topic.ACKS)) as acks,
+        TopicCollector(broker_env, table.name(Topic.MODEL)) as model,
+        TopicCollector(broker_env, table.name(Topic.ROUNDS)) as rounds,
+        TopicCollector(broker_env, table.name(Topic.DEAD_LETTER)) as letters,
+    ):
+        try:
+            await produce(broker_env, opening + stream[:100])
+            await first.start()
+            await acks.wait_until(lambda ms: len(applied_acks(ms)) >= 30, 40, "30 applied acks")
+            await second.start()  # the group rebalances mid-round: the parts are split
+            await log_says(second, "agg-b: assigned", 40)
+            await produce(broker_env, stream[100:])
+            await rounds.wait_until(lambda ms: closed_parts(ms, 1) == set(parts), 60, "round 1")
+            assert await first.terminate() == 0  # its parts move to the second instance
+            v1 = {
+                m.part: dict(m.tensors)
+                for m in model.messages
+                if isinstance(m, PartVersion) and m.version == 1
+            }
+            rounds_2 = round_updates(2, v1, 1, seed=22)
+            await produce(
+                broker_env,
+                markers(2, dict.fromkeys(parts, N_DEVICES), time.time() + 300)
+                + records_of(rounds_2),
+            )
+            await rounds.wait_until(lambda ms: closed_parts(ms, 2) == set(parts), 60, "round 2")
+            assert await second.terminate() == 0
+        except BaseException:
+            print(first.log_text()[-4000:], second.log_text()[-4000:])
+            raise
+        finally:
+            await first.kill()
+            await second.kill()
+    b_log = second.log_text()
+    statuses = Counter(m.status for m in acks.messages if isinstance(m, UpdateAck))
+    print(
+        f"\naggregator hand-over: agg-b took over {b_log.count('took over')} parts at its "
+        f"assignments; ack records {dict(statuses)}"
+    )
+    assert letters.messages == []
+    for round_, updates, version in ((1, rounds_1, 1), (2, rounds_2, 2)):
+        closes = {
+            (m.part, m.applied, m.version, m.reason)
+            for m in rounds.messages
+            if isinstance(m, PartClosed) and m.round == round_
+        }
+        assert closes == {(p, N_DEVICES, version, "quorum") for p in parts}, round_
+        ack_ids: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for a in acks.messages:
+            if isinstance(a, UpdateAck) and a.round == round_ and a.status == "applied":
+                ack_ids[(a.update_id, a.part)].add(a.message_id)
+        assert {k: len(v) for k, v in ack_ids.items()} == dict.fromkeys(updates, 1)
+        for part in parts:
+            want = reference_fedavg(
+                [
+                    (m.payload.tensors, m.payload.weight)
+                    for (_, p), m in updates.items()
+                    if p == part
+                ]
+            )
+            made = [
+                m for m in model.messages
+                if isinstance(m, PartVersion) and m.part == part and m.version == version
+            ]  # fmt: skip
+            assert made, (part, version)
+            for message in made:
+                check_weights(message.tensors, want)
+    # The second instance resumed parts mid-round from the first one's checkpoints.
+    assert "(round 1 open)" in b_log
