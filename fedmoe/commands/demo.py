@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ SERVICES = ("gateway", "profiler", "load-monitor", "evaluator")  # plus aggregat
 class DemoSettings:
     """What the demo runs and where it writes (`FEDMOE_DEMO_*`)."""
 
-    rounds: int = setting("FEDMOE_DEMO_ROUNDS", 20, "training rounds to run")
+    rounds: int = setting("FEDMOE_DEMO_ROUNDS", 30, "training rounds to run")
     strategy: str = setting(
         "FEDMOE_DEMO_STRATEGY", "fitness", f"matching strategy, one of {STRATEGY_NAMES}"
     )
@@ -99,23 +100,31 @@ async def _watch(
     rounds: int,
     deadline: float,
 ) -> bool:
-    """Print progress until round `rounds` is evaluated (True) or the time is up (False)."""
-    last = ""
-    while time.monotonic() < deadline:
-        group.check_running()
-        line = progress.line(rounds)
-        if line != last:
-            print(line, flush=True)
-            last = line
-        if rounds in progress.accuracy and progress.rounds_completed >= rounds:
-            return True
-        changed.clear()
-        try:
-            async with asyncio.timeout(1.0):
-                await changed.wait()
-        except TimeoutError:
-            pass
-    return False
+    """Show progress until round `rounds` is evaluated (True) or the time is up (False).
+
+    On a terminal one line is rewritten in place on every change; otherwise (logs, CI) a line
+    is printed per evaluated round.
+    """
+    tty = sys.stdout.isatty()
+    shown: object = None
+    try:
+        while time.monotonic() < deadline:
+            group.check_running()
+            line = progress.line(rounds)
+            key = line if tty else (progress.rounds_completed, len(progress.accuracy))
+            if key != shown:
+                print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
+                shown = key
+            if rounds in progress.accuracy and progress.rounds_completed >= rounds:
+                return True
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await changed.wait()
+        return False
+    finally:
+        if tty:
+            print(flush=True)
 
 
 async def run_demo(
@@ -141,7 +150,7 @@ async def run_demo(
             finished = await _watch(group, progress, changed, demo.rounds, started + demo.timeout_s)
             # The fleet first: it writes its counters while the services still answer.
             await group.stop("fleet")
-    fleet = _read_json(out / "fleet-stats.json")
+    fleet = _read_json(out / "fleet-stats.json").get("totals", {})
     summary = {
         "finished": finished,
         "strategy": demo.strategy,
