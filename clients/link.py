@@ -11,6 +11,8 @@
   `away_s`, then reconnects to the same session.
 - `publish` waits, bounded, for a connection and retries on one that dropped meanwhile; QoS 1
   publishes are complete when the broker's PUBACK arrived.
+- Retained messages (the model parts, the latest round) come on the first connection of the
+  process; a reconnect keeps the session's subscriptions and does not fetch them again.
 - Incoming messages are handed to `handle` in arrival order, one at a time; aiomqtt has already
   PUBACKed them (the device's state lives in this process, so a dropped connection loses none).
 
@@ -26,6 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from brokers.errors import BrokerError, BrokerTimeout
 from brokers.mqtt import mqtt_client, translate
@@ -37,6 +40,8 @@ Handler = Callable[[str, bytes], Awaitable[None]]
 OnConnect = Callable[[], Awaitable[None]]
 Will = Callable[[], tuple[str, bytes]]
 
+RETAIN_SEND_ON_SUBSCRIBE = SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+RETAIN_SEND_IF_NEW_SUB = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
 _RETRY_INITIAL_S = 0.2
 _RETRY_MAX_S = 5.0
 
@@ -135,8 +140,15 @@ class DeviceLink:
                 log.debug("%s: disconnect was not clean: %s", self.client_id, exc)
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        # Retained messages (the model, the latest round) on the first connection of this
+        # process; on a reconnect the subscriptions survive in the session and this process
+        # still holds what they said, so only a subscription the broker lost resends them.
+        retain = RETAIN_SEND_ON_SUBSCRIBE if self.connections == 0 else RETAIN_SEND_IF_NEW_SUB
+        options = SubscribeOptions(qos=1, retainHandling=retain)
         try:
-            granted = await client.subscribe(topic_filter, 1, timeout=self._timeout)
+            granted = await client.subscribe(
+                topic_filter, 0, options=options, timeout=self._timeout
+            )
         except (aiomqtt.MqttError, OSError) as exc:
             raise translate(exc, f"{self.client_id}: subscribe {topic_filter}") from exc
         codes = [getattr(code, "value", code) for code in granted]

@@ -39,6 +39,13 @@ def _environ(broker: BrokerSettings, namespace: str, **extra: str) -> dict[str, 
     )
 
 
+def announced(side: GatewaySide, device: str, round_: int) -> bool:
+    """`device` published its telemetry of `round_`, or said it is unavailable in it."""
+    return any(h.message.round == round_ for h in side.of(Telemetry, device)) or any(
+        s.round == round_ and s.reason == "unavailable" for s in statuses(side, device)
+    )
+
+
 @pytest.mark.timeout(60)
 async def test_fleet_process_stops_after_the_stop_round(
     broker: BrokerSettings, namespace: str, tmp_path: Path
@@ -56,14 +63,10 @@ async def test_fleet_process_stops_after_the_stop_round(
         for round_ in (0, 1):
             await side.round_closed(round_, versions)
             await side.wait(
-                lambda r=round_ + 1: all(  # type: ignore[misc]
-                    any(s.round == r and s.reason in {"available", "unavailable"}
-                        for s in statuses(side, d))
-                    for d in ids
-                ),
+                lambda r=round_ + 1: all(announced(side, d, r) for d in ids),  # type: ignore[misc]
                 15,
                 f"every device announced itself for round {round_ + 1}",
-            )  # fmt: skip
+            )
         await side.round_closed(2, versions)
         assert fleet.proc is not None
         code = await asyncio.wait_for(fleet.proc.wait(), 20)  # exits by itself
