@@ -102,6 +102,7 @@ class RoundClock:
         self._load_after_close = False
         self._held: tuple[int, list[Assignment]] | None = None  # round, its assignments
         self._reannounce: RoundOpened | None = None  # to produce again after a restart
+        self.last_opening = ""  # why and over how many candidates the latest round opened
 
     # -- what it knows -----------------------------------------------------------------------
 
@@ -274,13 +275,14 @@ class RoundClock:
                 return self._close(opened, "deadline", now)
             return []
         if self._opened is None and self._closed is None:
-            return self._open(GENESIS_ROUND, now)
+            return self._open(GENESIS_ROUND, now, "genesis")
         r = self.next_round
         if self.config.max_rounds and r > self.config.max_rounds:
             return []
-        if self._open_reason(r, now) is None:
+        reason = self._open_reason(r, now)
+        if reason is None:
             return []
-        return self._open(r, now)
+        return self._open(r, now, reason)
 
     def _open_reason(self, r: int, now: float) -> str | None:
         """Why round `r` may open now, or None to wait.
@@ -303,15 +305,17 @@ class RoundClock:
         quiet_since = max([closed_at, *(at for _, at in reported)])
         return "settled" if now >= quiet_since + self.config.open_delay_s else None
 
-    def _open(self, r: int, now: float) -> list[Outbound]:
+    def _open(self, r: int, now: float, reason: str) -> list[Outbound]:
         config = self.config
         versions = self.versions
         if r == GENESIS_ROUND:
+            self.last_opening = reason
             deadline = now
             expected = dict.fromkeys(config.parts, 0)
             assignments: list[Assignment] = []
         else:
             plan = self._planner(r, self.profiles(), self.load_state())
+            self.last_opening = f"{reason}: {len(plan.candidates)} candidates"
             deadline = now + config.deadline_wall_s
             expected = plan.expected_parts(self._num_experts)
             assignments = [

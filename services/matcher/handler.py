@@ -125,7 +125,7 @@ class MatcherHandler:
             log.exception("matcher: advancing the round clock failed")
             return []
         for out in outputs:
-            _log_output(out)
+            _log_output(out, self.clock.last_opening)
         return outputs
 
 
@@ -133,14 +133,15 @@ def _where(rec: ReplayedRecord) -> tuple[str, int, int]:
     return rec.topic, rec.partition, rec.offset
 
 
-def _log_output(out: Outbound) -> None:
+def _log_output(out: Outbound, opening: str) -> None:
     message = out.message
     if out.topic is not Topic.ROUNDS:
         return
     if isinstance(message, RoundOpened):
         log.info(
-            "matcher: opened round %d: %d devices, deadline in %.1fs, expected %s",
+            "matcher: opened round %d (%s): %d devices, deadline in %.1fs, expected %s",
             message.round,
+            opening,
             message.devices,
             message.deadline - message.timestamp,
             dict(message.expected_parts),

@@ -218,6 +218,7 @@ def test_the_next_round_waits_for_the_load_of_the_closed_round() -> None:
     assert clock.advance(closed_at + 5.0) == []  # all reported, but no load yet
     clock.apply(load_message(ExpertLoadState.empty(4), 0), at=closed_at + 5.0)
     assert of_type(clock.advance(closed_at + 5.1), RoundOpened)
+    assert clock.last_opening == "all-reported: 6 candidates"
 
 
 def test_the_next_round_opens_when_reports_settled() -> None:
@@ -230,6 +231,7 @@ def test_the_next_round_opens_when_reports_settled() -> None:
     assert clock.advance(closed_at + 10.6) == []  # a report 0.4 s ago: not settled
     assert [s.device_id for s in clock.candidates(1)] == [device_id(0)]
     out = clock.advance(closed_at + 10.7)
+    assert clock.last_opening == "settled: 1 candidates"
     (opened,) = [o.message for o in of_type(out, RoundOpened)][:1]
     assert isinstance(opened, RoundOpened)
     assert opened.devices <= 1  # device 1 announced itself offline
@@ -240,6 +242,7 @@ def test_max_wait_opens_a_round_even_without_candidates() -> None:
     closed_at = run_genesis(clock)
     assert clock.advance(closed_at + 7.9) == []
     out = clock.advance(closed_at + 8.0)
+    assert clock.last_opening == "max-wait: 0 candidates"
     opened = out[0].message
     assert isinstance(opened, RoundOpened)
     assert (opened.round, opened.devices) == (1, 0)
