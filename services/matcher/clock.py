@@ -32,6 +32,8 @@ and versions. Otherwise the round closes at its deadline with what it got.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -86,6 +88,41 @@ class ClockConfig:
     wait_for_load: bool = True
 
 
+class Announcements:
+    """Per round, how many devices' latest snapshot is of that round (online ones apart) and
+    when the latest came: kept up to date per snapshot, so the open rule is O(1) per record."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[int, bool]] = {}  # device → (round, online)
+        self._reported: Counter[int] = Counter()
+        self._online: Counter[int] = Counter()
+        self._last_at: dict[int, float] = {}
+
+    def update(self, snapshot: ProfileSnapshot, at: float) -> None:
+        """A device's new latest snapshot, arrived at `at`."""
+        old = self._latest.get(snapshot.device_id)
+        if old is not None:
+            self._reported[old[0]] -= 1
+            self._online[old[0]] -= int(old[1])
+        r = snapshot.round
+        self._latest[snapshot.device_id] = (r, snapshot.online)
+        self._reported[r] += 1
+        self._online[r] += int(snapshot.online)
+        self._last_at[r] = max(at, self._last_at.get(r, at))
+
+    def reported(self, r: int) -> int:
+        """Devices whose latest snapshot is of round `r`."""
+        return self._reported[r]
+
+    def online(self, r: int) -> int:
+        """Of those, the ones online."""
+        return self._online[r]
+
+    def last_at(self, r: int) -> float:
+        """When the latest snapshot of round `r` arrived (-inf when none did)."""
+        return self._last_at.get(r, -math.inf)
+
+
 class RoundClock:
     """The matcher's whole state and its transitions (see the module docstring)."""
 
@@ -97,7 +134,8 @@ class RoundClock:
         self._closed: RoundClosed | None = None
         self._closed_parts: dict[str, int] = {}  # of the open round
         self._versions: dict[str, int] = {}  # latest known version of every part
-        self._profiles: dict[str, tuple[ProfileSnapshot, float]] = {}  # device → (latest, at)
+        self._profiles: dict[str, ProfileSnapshot] = {}  # the latest per device
+        self._announced = Announcements()
         self._load: ExpertLoad | None = None
         self._load_after_close = False
         self._held: tuple[int, list[Assignment]] | None = None  # round, its assignments
@@ -143,7 +181,7 @@ class RoundClock:
 
     def profiles(self) -> list[ProfileSnapshot]:
         """The latest snapshot of every device."""
-        return [s for s, _ in self._profiles.values()]
+        return list(self._profiles.values())
 
     def load_state(self) -> ExpertLoadState:
         """The latest expert load (empty before the load monitor published any)."""
@@ -167,7 +205,8 @@ class RoundClock:
         elif isinstance(message, RoundClosed):
             self._on_round_closed(message)
         elif isinstance(message, ProfileSnapshot):
-            self._profiles[message.device_id] = (message, at)
+            self._profiles[message.device_id] = message
+            self._announced.update(message, at)
         elif isinstance(message, ExpertLoad):
             self._on_load(message)
         else:
@@ -297,12 +336,12 @@ class RoundClock:
             return "max-wait"
         if self.config.wait_for_load and not self._load_after_close:
             return None
-        reported = [(s, at) for s, at in self._profiles.values() if s.round == r]
-        if self.config.fleet_size and len(reported) >= self.config.fleet_size:
+        announced = self._announced
+        if self.config.fleet_size and announced.reported(r) >= self.config.fleet_size:
             return "all-reported"
-        if not any(s.online for s, _ in reported):
+        if not announced.online(r):
             return None
-        quiet_since = max([closed_at, *(at for _, at in reported)])
+        quiet_since = max(closed_at, announced.last_at(r))
         return "settled" if now >= quiet_since + self.config.open_delay_s else None
 
     def _open(self, r: int, now: float, reason: str) -> list[Outbound]:
