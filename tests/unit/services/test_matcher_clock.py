@@ -28,7 +28,7 @@ from schemas.messages import (
 from schemas.topics import Topic
 from services.errors import InvalidPayload
 from services.handler import Outbound
-from services.matcher.clock import ClockConfig, RoundClock
+from services.matcher.clock import Announcements, ClockConfig, RoundClock
 from services.matcher.planning import MatchingContext, RoundPlan, model_part_ids, plan_round
 
 SCENARIO = build_scenario(ScenarioConfig(num_devices=6, num_experts=4, seed=3, deadline_s=6.0))
@@ -462,3 +462,25 @@ def test_resume_does_nothing_when_all_went_out_or_it_is_too_late_or_profiles_mov
     assert "changed" in clock.resume(set(), now=101.0)
     assert clock.advance(101.0) == []
     assert clock.held_assignments == 0
+
+
+def test_announcements_follow_each_devices_latest_snapshot() -> None:
+    seen = Announcements()
+    seen.update(snapshot(0, 1, ts=1.0), at=1.0)
+    seen.update(snapshot(1, 1, online=False, ts=2.0), at=2.0)
+    assert (seen.reported(1), seen.online(1), seen.last_at(1)) == (2, 1, 2.0)
+    seen.update(snapshot(0, 1, online=False, ts=3.0), at=3.0)  # went away (last will)
+    assert (seen.reported(1), seen.online(1)) == (2, 0)
+    seen.update(snapshot(0, 2, ts=4.0), at=4.0)  # announced for the next round
+    assert (seen.reported(1), seen.online(1), seen.reported(2), seen.online(2)) == (1, 0, 1, 1)
+    assert seen.last_at(3) == float("-inf")
+
+
+def test_a_device_that_went_offline_is_no_candidate() -> None:
+    clock = make_clock()
+    closed_at = run_genesis(clock)
+    clock.apply(load_message(ExpertLoadState.empty(4), 0), at=closed_at)
+    clock.apply(snapshot(0, 1), at=closed_at)
+    clock.apply(snapshot(0, 1, online=False), at=closed_at + 0.1)
+    assert clock.advance(closed_at + 5.0) == []
+    assert clock.candidates(1) == []
