@@ -33,6 +33,7 @@ from brokers.settings import BrokerSettings
 from clients.inbound import Drop, InboundFilter
 from clients.link import DeviceLink
 from clients.model_store import ModelStore, Offer, Readiness
+from clients.rounds import RoundBook, Take
 from clients.settings import FleetSettings
 from clients.stats import DeviceStats, Event
 from clients.uploads import AckEffect, PendingUpdate, build_update
@@ -47,6 +48,12 @@ from schemas.topics import MqttTopic
 log = logging.getLogger(__name__)
 
 RoundHook = Callable[[str, int], None]
+
+_NOT_TAKEN = {
+    Take.REPEATED: Event.ASSIGNMENT_REPEATED,
+    Take.STALE: Event.ASSIGNMENT_STALE,
+    Take.EMPTY: Event.ASSIGNMENT_EMPTY,
+}
 
 # How long a goodbye status may take on stop (the session is kept either way).
 _GOODBYE_S = 2.0
@@ -82,8 +89,7 @@ class DeviceAgent:
         self._all_parts = part_ids(self._scenario.model)
         self._store = ModelStore()
         self._model_changed = asyncio.Condition()
-        self._last_closed = -1
-        self._taken: set[int] = set()  # rounds whose assignment was taken (trained or tried)
+        self._rounds = RoundBook()
         # (round, online, reason) of the latest status: republished on reconnect, in the will.
         self._presence: tuple[int, bool, str] = (0, True, "connected")
         self._losses: dict[str, float] = {}  # last training: mean loss per expert part
@@ -228,10 +234,9 @@ class DeviceAgent:
             self._ack(item)
 
     def _round_closed(self, closed: RoundClosed) -> None:
-        if closed.round <= self._last_closed:
+        if not self._rounds.close(closed.round):
             self.stats.count(Event.ROUND_REPEATED)
             return
-        self._last_closed = closed.round
         if self._on_round_closed is not None:
             self._on_round_closed(self.device, closed.round)
         stop_after = self._settings.stop_after_round
@@ -245,19 +250,12 @@ class DeviceAgent:
             self._spawn(self._drop_later(delay), f"drop-r{closed.round + 1}")
 
     def _assignment(self, assignment: Assignment) -> None:
-        round_ = assignment.round
-        if round_ in self._taken:
-            self.stats.count(Event.ASSIGNMENT_REPEATED)
-            return
-        if round_ <= self._last_closed:
-            self.stats.count(Event.ASSIGNMENT_STALE)
-            return
-        self._taken.add(round_)
-        if not assignment.experts:
-            self.stats.count(Event.ASSIGNMENT_EMPTY)
+        take = self._rounds.take(assignment)
+        if take is not Take.TRAIN:
+            self.stats.count(_NOT_TAKEN[take])
             return
         arrived = asyncio.get_running_loop().time()
-        self._spawn(self._train_and_upload(assignment, arrived), f"train-r{round_}")
+        self._spawn(self._train_and_upload(assignment, arrived), f"train-r{assignment.round}")
 
     def _ack(self, ack: UpdateAck) -> None:
         self.stats.acks[ack.status] += 1
