@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -133,6 +134,8 @@ async def run_demo(
     """Run the whole demo; returns the summary (also written to `out/summary.json`)."""
     out = demo.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # A run starts from empty brokers (no persisted sessions or retained messages of old runs).
+    shutil.rmtree(out / "brokers", ignore_errors=True)
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     brokers_settings = LocalBrokerSettings(run_dir=str(out / "brokers"), namespace=namespace)
@@ -142,8 +145,10 @@ async def run_demo(
         flush=True,
     )
     async with LocalBrokers(brokers_settings) as brokers:
-        env = child_env(environ, brokers.env(), to_env(scenario), service_env(demo, out))
-        runtime, progress, changed = observer_runtime(brokers.broker_settings(namespace))
+        # A fresh MQTT root too: Mosquitto keeps retained rounds and models across runs.
+        broker = brokers.broker_settings(namespace, mqtt_root=namespace)
+        env = child_env(environ, to_env(broker), to_env(scenario), service_env(demo, out))
+        runtime, progress, changed = observer_runtime(broker)
         async with ProcessGroup(out / "logs") as group, runtime:
             await _start_all(group, demo, env, out)
             pids = group.pids
