@@ -97,6 +97,10 @@ class DeviceAgent:
         self._acked: dict[str, asyncio.Event] = {}
         self._updates: set[str] = set()  # update ids of this run (acks of others are strays)
         self._announce: asyncio.Task[None] | None = None
+        self._draining = False  # finishing the rounds under way, taking no new work
+        self._busy = 0  # rounds being trained or uploaded
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._work: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
         # Status ids must differ across restarts too (consumers dedup by message id).
@@ -139,6 +143,19 @@ class DeviceAgent:
                 link.cancel()
             stopped.cancel()
         self._group = None
+
+    def drain(self) -> None:
+        """Take no new work (announcements, assignments); finish the rounds under way."""
+        self._draining = True
+
+    @property
+    def idle(self) -> bool:
+        """No round is being trained or uploaded."""
+        return self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        """Return when no round is being trained or uploaded (every update acked or given up)."""
+        await self._idle.wait()
 
     def drop_connection(self, away_s: float) -> bool:
         """Simulated fault: lose the connection abruptly, come back after `away_s`."""
@@ -240,7 +257,7 @@ class DeviceAgent:
         if self._on_round_closed is not None:
             self._on_round_closed(self.device, closed.round)
         stop_after = self._settings.stop_after_round
-        if stop_after and closed.round >= stop_after:
+        if self._draining or (stop_after and closed.round >= stop_after):
             return
         if self._announce is not None:
             self._announce.cancel()  # a newer round supersedes a wait still under way
@@ -250,6 +267,9 @@ class DeviceAgent:
             self._spawn(self._drop_later(delay), f"drop-r{closed.round + 1}")
 
     def _assignment(self, assignment: Assignment) -> None:
+        if self._draining:
+            self.stats.count(Event.ASSIGNMENT_REFUSED)
+            return
         take = self._rounds.take(assignment)
         if take is not Take.TRAIN:
             self.stats.count(_NOT_TAKEN[take])
@@ -326,6 +346,16 @@ class DeviceAgent:
             self.stats.count(Event.TELEMETRY_SENT)
 
     async def _train_and_upload(self, assignment: Assignment, arrived: float) -> None:
+        self._busy += 1
+        self._idle.clear()
+        try:
+            await self._round_of_work(assignment, arrived)
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
+
+    async def _round_of_work(self, assignment: Assignment, arrived: float) -> None:
         experts = list(assignment.experts)
         needed = [SHARED, *(expert_part_id(e) for e in experts)]
         parts = await self._wait_parts(assignment.model_versions, needed)

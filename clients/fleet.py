@@ -3,9 +3,11 @@
 Each device is a `DeviceAgent` with its own MQTT session (one named task each in a TaskGroup),
 so several fleet processes can share one scenario's fleet by device ranges. The fleet stops on
 `stop()` (SIGTERM / SIGINT in `run_fleet`) or once a device heard RoundClosed of
-`FEDMOE_FLEET_STOP_AFTER_ROUND`; every device then disconnects cleanly. A progress line is
-logged the first time a round's RoundClosed is heard, and `run_fleet` writes the counters
-(per device and totals, see `clients.stats`) as JSON.
+`FEDMOE_FLEET_STOP_AFTER_ROUND`: first the devices take no new work and finish the rounds under
+way, until every update is acknowledged (acks may trail the RoundClosed they belong to) or
+`FEDMOE_FLEET_DRAIN_S` passed; then every device says goodbye and disconnects cleanly. A
+progress line is logged the first time a round's RoundClosed is heard, and `run_fleet` writes
+the counters (per device and totals, see `clients.stats`) as JSON.
 """
 
 from __future__ import annotations
@@ -62,17 +64,18 @@ class Fleet:
             for i in self.indices
         ]
         self.last_round = -1  # the latest round whose RoundClosed a device heard
-        self._stop = asyncio.Event()
+        self._stopping = asyncio.Event()  # asked to stop: drain first
+        self._stop = asyncio.Event()  # the devices' stop: goodbye and disconnect
         self._started = time.monotonic()
 
     def stop(self) -> None:
-        """Stop every device (safe to call more than once)."""
-        self._stop.set()
+        """Stop every device after a bounded drain (safe to call more than once)."""
+        self._stopping.set()
 
     @property
     def stopping(self) -> bool:
         """Whether a stop was asked."""
-        return self._stop.is_set()
+        return self._stopping.is_set()
 
     async def run(self) -> None:
         """Run every device until `stop` (or the stop round), then disconnect them."""
@@ -81,17 +84,34 @@ class Fleet:
                 async with asyncio.TaskGroup() as group:
                     for agent in self.agents:
                         group.create_task(agent.run(self._stop), name=f"fleet:{agent.device}")
+                    group.create_task(self._drain_then_stop(), name="fleet:stopper")
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
+
+    async def _drain_then_stop(self) -> None:
+        """On a stop: no new work, let the rounds under way finish (bounded), then stop."""
+        await self._stopping.wait()
+        for agent in self.agents:
+            agent.drain()
+        try:
+            async with asyncio.timeout(self.settings.drain_s):
+                for agent in self.agents:
+                    await agent.wait_idle()
+        except TimeoutError:
+            busy = sum(not a.idle for a in self.agents)
+            log.warning(
+                "fleet: %d devices still busy after %.1fs; stopping", busy, self.settings.drain_s
+            )
+        self._stop.set()
 
     def _round_closed(self, device: str, round_: int) -> None:
         if round_ > self.last_round:
             self.last_round = round_
             log.info("fleet: round %d closed (heard by %s): %s", round_, device, self.progress())
         stop_after = self.settings.stop_after_round
-        if stop_after and round_ >= stop_after and not self._stop.is_set():
+        if stop_after and round_ >= stop_after and not self._stopping.is_set():
             log.info("fleet: round %d closed, stopping (stop after round %d)", round_, stop_after)
-            self._stop.set()
+            self._stopping.set()
 
     def progress(self) -> str:
         """One line of totals so far."""

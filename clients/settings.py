@@ -29,6 +29,11 @@ class FleetSettings:
         0,
         "stop once RoundClosed of this round was heard (0 = run until SIGTERM/SIGINT)",
     )
+    drain_s: float = setting(
+        "FEDMOE_FLEET_DRAIN_S",
+        10.0,
+        "on stop: how long devices may finish the rounds under way (uploads acked), seconds",
+    )
     resend_s: float = setting(
         "FEDMOE_FLEET_RESEND_S",
         5.0,
@@ -80,6 +85,8 @@ class FleetSettings:
             raise SettingsError("FEDMOE_FLEET_MAX_RESENDS must be >= 0")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise SettingsError("FEDMOE_FLEET_DROP_PROB must be in [0, 1]")
+        if self.drain_s < 0:
+            raise SettingsError("FEDMOE_FLEET_DRAIN_S must be >= 0")
         if self.reconnect_s < 0:
             raise SettingsError("FEDMOE_FLEET_RECONNECT_S must be >= 0")
         if self.client_prefix and not valid_segment(f"{self.client_prefix}dev-00000"):

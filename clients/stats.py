@@ -31,6 +31,7 @@ class Event(StrEnum):
     ASSIGNMENT_REPEATED = "assignment_repeated"  # an assignment of a round it already took
     ASSIGNMENT_STALE = "assignment_stale"  # an assignment of a round already closed
     ASSIGNMENT_EMPTY = "assignment_empty"  # an assignment without experts (nothing to train)
+    ASSIGNMENT_REFUSED = "assignment_refused"  # arrived while the fleet was stopping
     ACK_UNMATCHED = "ack_unmatched"  # an ack of no update of this run
     UPDATE_ABANDONED = "update_abandoned"  # resends exhausted before every part was acked
     PUBLISH_FAILED = "publish_failed"  # a publish that found no connection in time

@@ -379,3 +379,50 @@ async def test_dropped_device_leaves_its_will_and_comes_back_to_its_queue(
     assert stats["drops"] == 1
     assert stats["rounds_trained"] == 1
     assert stats["updates_acked"] == 2
+
+
+@pytest.mark.timeout(60)
+async def test_stop_lets_updates_under_way_be_acknowledged(
+    broker: BrokerSettings, namespace: str
+) -> None:
+    """Acks can trail the RoundClosed a fleet stops on: a stop drains (bounded) first."""
+    scenario = build_scenario(SCENARIO.config())
+    fleet = Fleet(
+        broker,
+        fleet_settings(namespace, first=3, count=1, drain_s=30.0),
+        SCENARIO,
+        scenario=scenario,
+    )
+    agent = fleet.agents[0]
+    device = agent.device
+    side = GatewaySide(broker)
+    topic = side.table.mqtt(MqttTopic.ASSIGNMENT, device=device)
+    versions = dict.fromkeys(part_ids(scenario.model), 0)
+    async with side.running():
+        task = asyncio.create_task(fleet.run(), name="test:fleet")
+        await side.wait(lambda: bool(statuses(side, device)), 20, "device connected")
+        await side.model(scenario.initial_parts(), 0)
+        await side.round_closed(0, versions)
+        first = Assignment(
+            message_id="as-1", device_id=device, round=1, timestamp=time.time(), experts=(0,),
+            deadline=time.time() + 30, model_versions=versions,
+        )  # fmt: skip
+        await side.publish(topic, first)
+        await side.wait(lambda: bool(side.of(ModelUpdate, device)), 15, "the update")
+        fleet.stop()
+        # Draining: no new work is taken, the unacknowledged update is still resent.
+        second = dataclasses.replace(first, message_id="as-2", round=2)
+        await side.publish(topic, second)
+        await until(
+            lambda: agent.stats.events[Event.ASSIGNMENT_REFUSED] == 1, 10, "assignment refused"
+        )
+        await side.wait(lambda: len(side.of(ModelUpdate, device)) >= 2, 10, "a resend")
+        assert not task.done()
+        update = side.of(ModelUpdate, device)[0].message
+        assert isinstance(update, ModelUpdate)
+        await side.ack(update)
+        await asyncio.wait_for(task, 10)  # acked: the fleet stops without waiting out drain_s
+        await side.wait(lambda: statuses(side, device)[-1].reason == "stopped", 5, "goodbye")
+    stats = fleet.stats()["totals"]
+    assert stats["updates_sent"] == stats["updates_acked"] == 2
+    assert stats["rounds_trained"] == 1
