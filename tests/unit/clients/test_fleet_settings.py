@@ -36,6 +36,7 @@ def test_defaults_and_env() -> None:
         {"model_wait_s": -1.0},
         {"max_resends": -1},
         {"reconnect_s": -0.5},
+        {"drain_s": -1.0},
         {"client_prefix": "a/b"},
         {"stop_after_round": -2},
         {"keepalive_s": 0},
