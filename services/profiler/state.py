@@ -8,9 +8,12 @@ input record into it and says whether anything changed (then the app publishes a
                       expert losses (they come from the device's latest training, i.e. that
                       round's) when a verdict for it arrived, else with none
     DeviceStatus      fold_status (applied whatever its round: the MQTT last will carries the
-                      round the device connected in); a device without a profile: dropped and
-                      counted (a status carries no capabilities, and the first telemetry makes a
-                      device online anyway)
+                      round the device connected in); an offline status of round r moves the
+                      snapshot's round to r, an online one does not: a device announces itself
+                      for a round with its telemetry (it sends "online" just before), so the
+                      matcher never takes a profile whose telemetry of that round is not folded
+                      yet; a device without a profile: dropped and counted (a status carries no
+                      capabilities, and the first telemetry makes a device online anyway)
     Assignment(r)     round r is pending; a pending round < r is folded first (no losses)
     UpdateAck(r)      the verdict of pending round r: "applied" → completed in time unless a part
                       was "late" / "rejected" ("missed" sticks); "duplicate" says nothing new.
@@ -79,8 +82,8 @@ class DeviceState:
 
     Attributes:
         profile: the folded profile.
-        round: the round of the device's latest telemetry or status (the snapshot's envelope
-            round: the matcher's candidates for round r are the profiles at round r).
+        round: the round of the device's latest telemetry or offline status (the snapshot's
+            envelope round: the matcher's candidates for round r are the online profiles at r).
         pending_round: the assigned round whose outcome is not folded yet (-1 = none).
         pending_outcome: "" (no verdict yet), "applied" or "missed".
         telemetry_round: the round of the last telemetry folded (-1 = none).
@@ -148,7 +151,8 @@ def step(
         return Step(None, changed=False, note=Note.UNKNOWN_DEVICE)
     elif isinstance(message, DeviceStatus):
         profile = fold_status(state.profile, online=message.online, now=now)
-        new = replace(state, profile=profile, round=max(state.round, message.round))
+        announced = state.round if message.online else max(state.round, message.round)
+        new = replace(state, profile=profile, round=announced)
         result = Step(new, changed=new != state, note=Note.STATUS)
     elif isinstance(message, Assignment):
         result = _on_assignment(state, message, params)

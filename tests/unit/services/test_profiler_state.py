@@ -133,6 +133,16 @@ def test_status_folds_online_and_never_lowers_the_round() -> None:
     assert feed.state.profile.last_seen == 30.0
 
 
+def test_an_online_status_leaves_the_announcement_to_the_telemetry() -> None:
+    feed = Feed()
+    feed(telemetry(1))
+    assert feed(status(2, True)) is Note.STATUS  # sent just before the telemetry of round 2
+    assert feed.state is not None
+    assert feed.state.round == 1
+    feed(telemetry(2))
+    assert feed.state.round == 2
+
+
 def test_outcome_is_folded_once_at_the_next_telemetry_with_its_losses() -> None:
     feed = Feed()
     feed(telemetry(1, loss={"expert-0": 0.4}))  # losses of an older training: not folded
