@@ -26,9 +26,13 @@ is folded and any assignment or ack of a round ≤ `ClientProfile.last_round` (f
 pending round is stale. Why fold at the next telemetry rather than at the ack: a device reports
 the losses of round r's training in its telemetry of round r + 1, and the in-process simulation
 folds round r's outcome with round r's losses; folding at the ack would pair them with round
-r − 1's. Known limit: topics are read independently, so a verdict read after the telemetry of
-the next round (the acks partition lagging, e.g. in a backlog after a restart) finds its round
-folded as not completed; that verdict is counted `stale`.
+r − 1's. Without a verdict the telemetry's losses are not folded: they are then an older
+training's, already folded (a device that dropped out or never got its model). Known limits: a
+verdict read after the telemetry of the next round finds its round folded as not completed, and
+is counted `stale`: topics are read independently (the acks partition lagging, e.g. in a
+backlog after a restart), and a device so slow that it uploads after the round closed announces
+the next round first (its round is right as not completed, but its losses, which the simulation
+folds for late devices too, are left out).
 
 Redelivery: `handled` keeps the last handled offset per input "topic/partition"; a record at or
 below it was folded already (its effect is in the changelog) and changes nothing. One device's
