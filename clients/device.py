@@ -5,8 +5,9 @@
                       versions, DeviceStatus(online) + Telemetry(round r+1)
     Assignment(r)   → (once per round, never for a round already closed) wait for the parts at
                       the assignment's versions, train_local (seeded as the simulation), wait
-                      out the simulated round time, upload one ModelUpdate, resend it with the
-                      same ids every resend_s until every part has a final UpdateAck
+                      out the simulated round time (× time_scale) from the round's open time,
+                      upload one ModelUpdate, resend it with the same ids every resend_s until
+                      every part has a final UpdateAck
     PartVersion     → kept when newer (the model store); waiters are woken
     UpdateAck       → bookkeeping of the pending update
 
@@ -274,8 +275,14 @@ class DeviceAgent:
         if take is not Take.TRAIN:
             self.stats.count(_NOT_TAKEN[take])
             return
-        arrived = asyncio.get_running_loop().time()
-        self._spawn(self._train_and_upload(assignment, arrived), f"train-r{assignment.round}")
+        # The device's round began when the matcher opened it (the assignment's timestamp), not
+        # when the bus delivered it: the simulated round time already counts the download.
+        started = asyncio.get_running_loop().time()
+        lag = self._world.delivery_lag_s(assignment.timestamp, self._clock())
+        self.stats.assignment_lags.append(round(lag, 4))
+        if self._settings.time_from_open:
+            started -= lag
+        self._spawn(self._train_and_upload(assignment, started), f"train-r{assignment.round}")
 
     def _ack(self, ack: UpdateAck) -> None:
         self.stats.acks[ack.status] += 1
@@ -345,17 +352,17 @@ class DeviceAgent:
         if sent:
             self.stats.count(Event.TELEMETRY_SENT)
 
-    async def _train_and_upload(self, assignment: Assignment, arrived: float) -> None:
+    async def _train_and_upload(self, assignment: Assignment, started: float) -> None:
         self._busy += 1
         self._idle.clear()
         try:
-            await self._round_of_work(assignment, arrived)
+            await self._round_of_work(assignment, started)
         finally:
             self._busy -= 1
             if self._busy == 0:
                 self._idle.set()
 
-    async def _round_of_work(self, assignment: Assignment, arrived: float) -> None:
+    async def _round_of_work(self, assignment: Assignment, started: float) -> None:
         experts = list(assignment.experts)
         needed = [SHARED, *(expert_part_id(e) for e in experts)]
         parts = await self._wait_parts(assignment.model_versions, needed)
@@ -366,7 +373,7 @@ class DeviceAgent:
         self._losses = {expert_part_id(e): loss for e, loss in result.expert_loss.items()}
         # The simulated device is busy for its round time (download, compute, upload).
         loop = asyncio.get_running_loop()
-        busy_until = arrived + self._world.round_wall_s(self.index, experts)
+        busy_until = started + self._world.round_wall_s(self.index, experts)
         await asyncio.sleep(max(busy_until - loop.time(), 0.0))
         update = build_update(
             result,

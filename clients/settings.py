@@ -34,6 +34,12 @@ class FleetSettings:
         10.0,
         "on stop: how long devices may finish the rounds under way (uploads acked), seconds",
     )
+    time_from_open: bool = setting(
+        "FEDMOE_FLEET_TIME_FROM_OPEN",
+        True,
+        "count a device's simulated round time from the round's open time (the assignment's "
+        "timestamp; the bus's delivery delay is part of it) instead of the assignment's arrival",
+    )
     resend_s: float = setting(
         "FEDMOE_FLEET_RESEND_S",
         5.0,

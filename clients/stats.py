@@ -50,6 +50,8 @@ class DeviceStats:
     drops: int = 0
     events: Counter[str] = field(default_factory=Counter)
     dropped_inputs: Counter[str] = field(default_factory=Counter)
+    # Wall seconds from a round's open (the assignment's timestamp) to the assignment's arrival.
+    assignment_lags: list[float] = field(default_factory=list)
 
     def count(self, event: Event, n: int = 1) -> None:
         """Add `n` to one event counter."""
@@ -70,13 +72,21 @@ class DeviceStats:
             "drops": self.drops,
             "events": {e.value: self.events[e.value] for e in Event},
             "dropped_inputs": {r.value: self.dropped_inputs[r.value] for r in DropReason},
+            "assignment_lag_s": _summary(self.assignment_lags),
         }
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "mean": 0.0, "max": 0.0}
+    return {"n": len(values), "mean": round(sum(values) / len(values), 4), "max": max(values)}
 
 
 def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
     """The sum of every counter over devices."""
     acks: Counter[str] = Counter()
     events: Counter[str] = Counter()
+    lags: list[float] = []
     dropped: Counter[str] = Counter()
     out: dict[str, Any] = {
         "devices": 0,
@@ -96,7 +106,9 @@ def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
         acks.update(s.acks)
         events.update(s.events)
         dropped.update(s.dropped_inputs)
+        lags.extend(s.assignment_lags)
     out["acks"] = dict(sorted(acks.items()))
     out["events"] = {e.value: events[e.value] for e in Event}
     out["dropped_inputs"] = {r.value: dropped[r.value] for r in DropReason}
+    out["assignment_lag_s"] = _summary(lags)
     return out

@@ -3,7 +3,10 @@
 - availability: device i takes part in round r iff i is in `scenario.online(r)`, exactly as in
   the in-process simulation (computed once per round for the whole fleet process);
 - simulated round time: `scenario.round_time_s(i, experts)` simulated seconds, times the run's
-  `time_scale` in wall seconds;
+  `time_scale` in wall seconds, counted from the round's open time (the assignment's
+  timestamp): that round time already includes moving the parts, so the bus's own delivery
+  delay (measured ~0.25-0.4 s from open to arrival in a local demo, a fifth of the default
+  1.5 s deadline) would otherwise make devices late that the in-process simulation has in time;
 - connection drops (the fault injection): per (device, round) one draw from a seed derived
   from the scenario seed, so a run's faults repeat with its seed; a drop happens at a uniform
   moment within the round's wall deadline;
@@ -49,6 +52,12 @@ class FleetWorld:
     def round_wall_s(self, device: int, experts: Sequence[int]) -> float:
         """Wall seconds `device` takes for a round training `experts` (simulated × scale)."""
         return self.scenario.round_time_s(device, experts) * self.time_scale
+
+    def delivery_lag_s(self, opened_at: float, now: float) -> float:
+        """Wall seconds since a round opened at `opened_at` (an assignment's timestamp), as
+        seen at `now`: the bus's delivery delay, bounded to [0, deadline_wall_s] so a skewed
+        clock or a stale message cannot move a device's start further than one deadline."""
+        return min(max(now - opened_at, 0.0), self.deadline_wall_s)
 
     @property
     def deadline_wall_s(self) -> float:

@@ -86,6 +86,8 @@ def test_totals_sum_every_device() -> None:
     b.acks.update({"applied": 1, "duplicate": 1})
     b.rounds_trained = 1
     b.dropped(DropReason.LAYOUT)
+    a.assignment_lags.append(0.2)
+    b.assignment_lags.extend([0.4, 0.3])
     t = totals([a, b])
     assert t["devices"] == 2
     assert (t["updates_sent"], t["updates_acked"], t["resends"]) == (3, 2, 2)
@@ -93,7 +95,9 @@ def test_totals_sum_every_device() -> None:
     assert t["acks"] == {"applied": 2, "duplicate": 1, "late": 1}
     assert t["events"]["telemetry_sent"] == 3
     assert t["dropped_inputs"]["layout"] == 1
+    assert t["assignment_lag_s"] == {"n": 3, "mean": pytest.approx(0.3), "max": 0.4}
     assert a.as_dict()["updates_sent"] == 2
+    assert DeviceStats().as_dict()["assignment_lag_s"] == {"n": 0, "mean": 0.0, "max": 0.0}
 
 
 def test_stats_file_is_written_whole(tmp_path: Path) -> None:

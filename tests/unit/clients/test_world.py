@@ -78,3 +78,10 @@ def test_status_message() -> None:
         False,
         "lost",
     )
+
+
+def test_delivery_lag_is_bounded_by_one_deadline() -> None:
+    world = FleetWorld(scenario(), time_scale=2.0)  # deadline 1.5 s simulated = 3 s wall
+    assert world.delivery_lag_s(100.0, 100.4) == pytest.approx(0.4)
+    assert world.delivery_lag_s(100.0, 99.0) == 0.0  # a clock ahead of ours: no head start
+    assert world.delivery_lag_s(100.0, 200.0) == pytest.approx(3.0)  # stale: one deadline
