@@ -36,6 +36,10 @@ from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.scenario import ScenarioSettings
 from fedmoe.settings import add_arguments, from_args, setting, to_env
 from moe.matching import STRATEGY_NAMES
+from services.aggregator.settings import AggregatorSettings
+from services.load_monitor.settings import LoadMonitorSettings
+from services.matcher.settings import MatcherSettings
+from services.runtime import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +70,14 @@ class DemoSettings:
 
 
 def service_env(demo: DemoSettings, out: Path) -> dict[str, str]:
-    """Settings of the matcher and the aggregators for this run."""
+    """Settings of the matcher, the aggregators and the load monitor for this run."""
+    checkpoints = out / "checkpoints"
     return {
-        "FEDMOE_MATCHER_STRATEGY": demo.strategy,
-        "FEDMOE_MATCHER_MAX_ROUNDS": str(demo.rounds),
-        "FEDMOE_AGGREGATOR_CHECKPOINT_DIR": str(out / "checkpoints" / "aggregator"),
+        **to_env(MatcherSettings(strategy=demo.strategy, max_rounds=demo.rounds)),
+        **to_env(AggregatorSettings(checkpoint_dir=checkpoints / "aggregator")),
+        **to_env(LoadMonitorSettings(checkpoint_dir=checkpoints / "load-monitor")),
         # Services log their metrics line often enough to read progress from the logs.
-        "FEDMOE_RUNTIME_METRICS_INTERVAL_S": "10",
+        **to_env(RuntimeSettings(metrics_interval_s=10.0)),
     }
 
 
