@@ -289,6 +289,8 @@ class DeviceAgent:
         if ack.update_id not in self._updates:
             self.stats.count(Event.ACK_UNMATCHED)
             return
+        # An ack proves the publish reached the broker even when its PUBACK was lost to a drop.
+        self.stats.sent.add((ack.update_id, ack.part))
         if ack.status == "applied":
             self.stats.applied.add((ack.update_id, ack.part))
         pending = self._pending.get(ack.update_id)

@@ -190,6 +190,7 @@ class DeviceLink:
         if not isinstance(sock, socket.socket):
             return False
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            # FIN without DISCONNECT; the broker closes its end and paho reads the EOF.
+            sock.shutdown(socket.SHUT_WR)
         log.info("%s: connection dropped (away %.1fs)", self.client_id, away_s)
         return True

@@ -1,6 +1,7 @@
 """Counters of one device and their sums over a fleet (what `fedmoe fleet --stats-file` writes).
 
-updates_sent    distinct (update id, part) published at least once
+updates_sent    distinct (update id, part) published at least once (PUBACKed, or acked by
+                the aggregator: a drop can lose the PUBACK of a publish that arrived)
 updates_acked   distinct (update id, part) of this run acknowledged "applied"
 acks            every UpdateAck received, by status (resends can earn "duplicate")
 resends         publishes of an update after its first
