@@ -89,7 +89,7 @@ class LoadMonitorHandler:
             elif topic is Topic.ROUNDS and isinstance(message, RoundClosed):
                 note, closed = self.monitor.on_round_closed(message, now)
             elif topic is Topic.ROUNDS and isinstance(message, PartClosed):
-                return []  # the matcher's business; the versions come with the PartVersions
+                note = self.monitor.on_part_closed(message)
             else:
                 raise InvalidPayload(
                     "unexpected_message", f"{type(message).__name__} on {record.topic}"

@@ -58,13 +58,15 @@ async def test_every_closed_round_is_published_whole_under_the_key_load() -> Non
     assert h.notes["expert_load_published"] == 3
 
 
-async def test_wrong_inputs_are_refused_and_part_closed_is_ignored() -> None:
+async def test_wrong_inputs_are_refused_and_part_closed_is_noted_without_output() -> None:
     h = handler()
     closed = PartClosed(
         message_id="p", device_id="aggregator", round=1, timestamp=1.0,
         part="expert-1", version=1, applied=1, reason="quorum",
     )  # fmt: skip
     assert await h.handle(record(closed, Topic.ROUNDS)) == []
+    assert h.notes["part_close_noted"] == 1
+    assert h.monitor.closes == {1: {1: 1}}  # round 1's close waits for expert-1's close
     assignment = Assignment(
         message_id="a", device_id="dev-00001", round=1, timestamp=1.0, experts=(1,),
         deadline=2.0, model_versions={},
