@@ -206,7 +206,8 @@ def make_regime(
     Args:
         regime: ``label-skew`` (all devices type 0) or ``fleet`` (D types, transformed inputs
             and a test set covering every type).
-        num_devices: N.
+        num_devices: N. Beyond ``n_train // min_samples`` devices (134 for the digits) the
+            label split has that many distinct shards and device i holds shard i mod that.
         seed: fixes everything.
         alpha: Dirichlet concentration of the label split.
         num_types: D (``fleet`` only; ``label-skew`` uses one type).
@@ -221,9 +222,13 @@ def make_regime(
     split_ss, label_ss, transform_ss, types_ss = np.random.SeedSequence(seed).spawn(4)
     x, y = load_digits_arrays()
     train, test = stratified_split(y, test_fraction, np.random.default_rng(split_ss))
+    # A fleet larger than the data allows (soak tests with thousands of devices) reuses the
+    # shards: device i holds shard i mod S, as many sensors of one site see the same scene.
+    distinct = max(1, min(num_devices, train.size // max(min_samples, 1)))
     shards = dirichlet_label_split(
-        y[train], num_devices, alpha, np.random.default_rng(label_ss), min_samples
+        y[train], distinct, alpha, np.random.default_rng(label_ss), min_samples
     )
+    shards = [shards[i % distinct] for i in range(num_devices)]
     d = num_types if regime == "fleet" else 1
     transform = DeviceTypeTransform.make(
         d, x.shape[1], int(np.random.default_rng(transform_ss).integers(2**31))

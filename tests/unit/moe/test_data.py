@@ -120,3 +120,15 @@ def test_regimes_are_seeded() -> None:
     assert not np.array_equal(a.test_x, c.test_x)
     with pytest.raises(ValueError, match="unknown regime"):
         make_regime("iid", 5, seed=0)  # type: ignore[arg-type]
+
+
+def test_a_fleet_larger_than_the_data_reuses_shards() -> None:
+    from moe.data import make_regime
+
+    small = make_regime("fleet", 134, seed=1)
+    big = make_regime("fleet", 1000, seed=1)
+    assert big.num_devices == 1000
+    assert min(d.num_samples for d in big.devices) >= 10
+    # Device i holds shard i mod 134 (labels identical; inputs under its own type).
+    for i in (0, 133, 134, 999):
+        np.testing.assert_array_equal(big.devices[i].y, small.devices[i % 134].y)
