@@ -21,6 +21,7 @@ from moe.matching.solvers import (
 )
 from moe.matching.strategies import (
     STRATEGY_NAMES,
+    TUNED_FITNESS,
     AffinityStrategy,
     FitnessStrategy,
     LeastLoadedStrategy,
@@ -30,6 +31,7 @@ from moe.matching.strategies import (
 
 __all__ = [
     "STRATEGY_NAMES",
+    "TUNED_FITNESS",
     "AffinityStrategy",
     "FitnessStrategy",
     "FitnessWeights",
