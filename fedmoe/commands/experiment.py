@@ -38,15 +38,19 @@ from moe.simulation.experiment import (
     CentralJob,
     ExperimentPlan,
     RunJob,
+    parse_fitness_options,
     run_job,
     summarize,
     targets,
 )
 from moe.simulation.records import RunResult
 
+# Rounds per regime: label-skew reaches 0.8× centralized in ~10-30 rounds, fleet in ~70-300
+# (random matching needed > 250 in 4 of 20 seeds). A run that never reaches it counts R + 1.
+QUICK_ROUNDS: dict[str, int] = {"fleet": 250, "label-skew": 60}
+FULL_ROUNDS: dict[str, int] = {"fleet": 400, "label-skew": 100}
 # --quick: ≥ 5 seeds × 4 strategies × 2 regimes within 10 minutes on 2 busy cores.
-QUICK_SEEDS, QUICK_ROUNDS = 6, 150
-FULL_SEEDS, FULL_ROUNDS = 12, 200
+QUICK_SEEDS, FULL_SEEDS = 10, 20
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,8 @@ class ExperimentSettings:
     quick: bool = setting(
         "FEDMOE_EXPERIMENT_QUICK",
         False,
-        f"quick plan: {QUICK_SEEDS} seeds × {QUICK_ROUNDS} rounds (full: {FULL_SEEDS} × "
-        f"{FULL_ROUNDS}) unless --seeds/--rounds say otherwise",
+        f"quick plan: {QUICK_SEEDS} seeds, rounds {QUICK_ROUNDS} (full: {FULL_SEEDS} seeds, "
+        f"rounds {FULL_ROUNDS}) unless --seeds/--rounds say otherwise",
     )
     seeds: int = setting("FEDMOE_EXPERIMENT_SEEDS", 0, "paired seeds (0: the plan's)")
     first_seed: int = setting("FEDMOE_EXPERIMENT_FIRST_SEED", 0, "seeds are first..first+N-1")
@@ -76,8 +80,16 @@ class ExperimentSettings:
     deadline_s: float = setting(
         "FEDMOE_EXPERIMENT_DEADLINE_S", DEFAULT_DEADLINE_S, "round deadline, simulated seconds"
     )
-    rounds: int = setting("FEDMOE_EXPERIMENT_ROUNDS", 0, "rounds per run (0: the plan's)")
+    rounds: int = setting(
+        "FEDMOE_EXPERIMENT_ROUNDS", 0, "rounds per run in every regime (0: the plan's)"
+    )
     workers: int = setting("FEDMOE_EXPERIMENT_WORKERS", 2, "worker processes (1: in process)")
+    fitness: str = setting(
+        "FEDMOE_EXPERIMENT_FITNESS",
+        "",
+        "overrides of the tuned fitness strategy, e.g. 'quality=0.2,equal_load=0' "
+        "(FitnessWeights fields, upper_slack, min_clients, equal_load, spread)",
+    )
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategy_names if s not in STRATEGY_NAMES]
@@ -109,7 +121,7 @@ class ExperimentSettings:
     def plan(self) -> ExperimentPlan:
         """The experiment these settings describe."""
         seeds = self.seeds or (QUICK_SEEDS if self.quick else FULL_SEEDS)
-        rounds = self.rounds or (QUICK_ROUNDS if self.quick else FULL_ROUNDS)
+        per_regime = QUICK_ROUNDS if self.quick else FULL_ROUNDS
         # Validated against REGIMES in __post_init__ (plan() runs after those checks).
         regimes = cast(tuple[Regime, ...], tuple(dict.fromkeys(self.regime_names)))
         base = ScenarioConfig(
@@ -124,8 +136,10 @@ class ExperimentSettings:
             regimes=regimes,
             strategies=self.strategy_names,
             seeds=tuple(range(self.first_seed, self.first_seed + seeds)),
-            rounds=rounds,
+            rounds=self.rounds or max(per_regime.values()),
             base=base,
+            regime_rounds={} if self.rounds else per_regime,
+            fitness_options=parse_fitness_options(self.fitness),
         )
 
 

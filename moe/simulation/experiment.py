@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from moe.data import Regime
+from moe.matching import (
+    TUNED_FITNESS,
+    FitnessStrategy,
+    FitnessWeights,
+    MatchingStrategy,
+    make_strategy,
+)
 from moe.scenario import ScenarioConfig, build_scenario
 from moe.simulation.engine import run_simulation
 from moe.simulation.records import RunResult
@@ -66,16 +73,70 @@ class CentralJob:
 
 @dataclass(frozen=True, slots=True)
 class RunJob:
-    """One federated run."""
+    """One federated run.
+
+    Attributes:
+        config: the scenario.
+        strategy: the strategy's name.
+        rounds: R.
+        fitness_options: overrides of the fitness strategy's tuned configuration
+            (`parse_fitness_options`); ignored for the other strategies.
+    """
 
     config: ScenarioConfig
     strategy: str
     rounds: int
+    fitness_options: tuple[tuple[str, float], ...] = ()
 
     def run(self) -> RunResult:
         """The run's result (single-threaded BLAS: the caller runs jobs side by side)."""
+        matcher = (
+            fitness_strategy(dict(self.fitness_options))
+            if self.strategy == FitnessStrategy.name
+            else make_strategy(self.strategy)
+        )
         with single_threaded_blas():
-            return run_simulation(self.config, self.strategy, self.rounds)
+            return run_simulation(self.config, matcher, self.rounds)
+
+
+# FitnessStrategy's constructor options that `parse_fitness_options` accepts besides weights.
+_STRATEGY_OPTIONS = {"upper_slack": float, "min_clients": int, "equal_load": bool, "spread": bool}
+
+
+def parse_fitness_options(spec: str) -> tuple[tuple[str, float], ...]:
+    """``"quality=0.1,equal_load=0"`` → sorted (name, value) pairs; names are `FitnessWeights`
+    fields or the strategy's `upper_slack`, `min_clients`, `equal_load`, `spread`.
+
+    Raises:
+        ValueError: an unknown name or a value that is not a number.
+    """
+    known = {f.name for f in fields(FitnessWeights)} | set(_STRATEGY_OPTIONS)
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise ValueError(
+                f"fitness option {item!r}: expected NAME=VALUE, NAME in {sorted(known)}"
+            )
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"fitness option {item!r}: {value!r} is not a number") from None
+    return tuple(sorted(out.items()))
+
+
+def fitness_strategy(options: Mapping[str, float]) -> MatchingStrategy:
+    """The fitness strategy with `options` over its tuned configuration (`TUNED_FITNESS`)."""
+    weights = TUNED_FITNESS["weights"]
+    assert isinstance(weights, FitnessWeights)
+    weight_options = {k: v for k, v in options.items() if k not in _STRATEGY_OPTIONS}
+    strategy_options = {
+        k: _STRATEGY_OPTIONS[k](v) for k, v in options.items() if k in _STRATEGY_OPTIONS
+    }
+    return make_strategy(
+        FitnessStrategy.name, weights=replace(weights, **weight_options), **strategy_options
+    )
 
 
 def run_job(job: CentralJob | RunJob) -> tuple[Regime, int, float] | RunResult:
@@ -94,6 +155,9 @@ class ExperimentPlan:
         rounds: R, federated rounds per run; a run that never reaches a threshold counts R+1.
         base: every other scenario setting (devices, experts, deadline, ...); its regime and
             seed are replaced per job.
+        regime_rounds: R for particular regimes, overriding `rounds` (label-skew reaches its
+            target within a few dozen rounds, fleet takes hundreds).
+        fitness_options: overrides of the fitness strategy's tuned configuration.
     """
 
     regimes: tuple[Regime, ...]
@@ -101,12 +165,18 @@ class ExperimentPlan:
     seeds: tuple[int, ...]
     rounds: int
     base: ScenarioConfig
+    regime_rounds: Mapping[str, int] = field(default_factory=dict)
+    fitness_options: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.regimes and self.strategies and self.seeds):
             raise ValueError("an experiment needs at least one regime, strategy and seed")
-        if self.rounds < 1:
+        if min(self.rounds_for(g) for g in self.regimes) < 1:
             raise ValueError("rounds must be >= 1")
+
+    def rounds_for(self, regime: str) -> int:
+        """R of `regime`."""
+        return self.regime_rounds.get(regime, self.rounds)
 
     def config(self, regime: Regime, seed: int) -> ScenarioConfig:
         """The scenario of one (regime, seed)."""
@@ -119,7 +189,7 @@ class ExperimentPlan:
     def run_jobs(self) -> list[RunJob]:
         """One federated run per (regime, strategy, seed)."""
         return [
-            RunJob(self.config(g, s), name, self.rounds)
+            RunJob(self.config(g, s), name, self.rounds_for(g), self.fitness_options)
             for g in self.regimes
             for name in self.strategies
             for s in self.seeds
@@ -159,7 +229,7 @@ def summarize(
             strategies[name] = summarize_strategy(
                 mine,
                 ref["target_accuracy"],
-                plan.rounds,
+                plan.rounds_for(regime),
                 ref["centralized_accuracy"],
                 second_fraction=SECOND_FRACTION,
             )
@@ -170,6 +240,7 @@ def summarize(
         ]
         regimes[regime] = {
             **ref,
+            "rounds": plan.rounds_for(regime),
             "strategies": strategies,
             "reduction_vs_random": reduction(strategies, "fitness", "random"),
             "fitness_vs_random_seeds": wins(strategies, "fitness", "random"),
@@ -181,9 +252,9 @@ def summarize(
     return {
         "reduction_vs_random": top,
         "target_fraction": TARGET_FRACTION,
-        "rounds": plan.rounds,
         "seeds": list(plan.seeds),
         "strategies": list(plan.strategies),
+        "fitness_options": dict(plan.fitness_options),
         "scenario": {
             "num_devices": plan.base.num_devices,
             "num_experts": plan.base.num_experts,

@@ -8,6 +8,8 @@ import pytest
 from fedmoe.commands.experiment import ExperimentSettings, main
 from fedmoe.errors import SettingsError
 from fedmoe.settings import load_settings
+from moe.matching import FitnessStrategy
+from moe.simulation.experiment import fitness_strategy
 
 STRATEGY_FIELDS = {
     "rounds_to_target",
@@ -73,3 +75,22 @@ def test_settings_reject_unknown_names() -> None:
 def test_bad_flag_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--out", str(tmp_path), "--workers", "0"]) == 2
     assert "WORKERS" in capsys.readouterr().err
+
+
+def test_fitness_options_override_the_tuned_strategy() -> None:
+    plan = load_settings(ExperimentSettings, {}, fitness="quality=0.2, equal_load=0").plan()
+    assert plan.fitness_options == (("equal_load", 0.0), ("quality", 0.2))
+    job = next(j for j in plan.run_jobs() if j.strategy == "fitness")
+    assert job.fitness_options == plan.fitness_options
+    with pytest.raises(SettingsError, match="fitness option"):
+        load_settings(ExperimentSettings, {"FEDMOE_EXPERIMENT_FITNESS": "speed=3"})
+
+
+def test_fitness_strategy_applies_the_options() -> None:
+    s = fitness_strategy({"quality": 0.2, "equal_load": 0.0, "min_clients": 2.0})
+    assert isinstance(s, FitnessStrategy)
+    assert s.weights.quality == 0.2
+    assert s.weights.exploration == 0.2  # the tuned value stays where not overridden
+    assert not s.equal_load
+    assert s.spread
+    assert s.min_clients == 2
