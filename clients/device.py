@@ -2,7 +2,8 @@
 
     RoundClosed(r)  → available in r+1 (scenario)?  no: DeviceStatus(offline, "unavailable")
                                                      yes: wait for the parts at the round's
-                      versions, DeviceStatus(online) + Telemetry(round r+1)
+                      versions, DeviceStatus(online) + Telemetry(round r+1) (with the losses
+                      of its last training, when no telemetry reported them yet)
     Assignment(r)   → (once per round, never for a round already closed) wait for the parts at
                       the assignment's versions, train_local (seeded as the simulation), wait
                       out the simulated round time (× time_scale) from the round's open time,
@@ -93,7 +94,11 @@ class DeviceAgent:
         self._rounds = RoundBook()
         # (round, online, reason) of the latest status: republished on reconnect, in the will.
         self._presence: tuple[int, bool, str] = (0, True, "connected")
-        self._losses: dict[str, float] = {}  # last training: mean loss per expert part
+        # The last training's mean loss per expert part, until a telemetry reported it: each
+        # training's losses are reported once, so the profiler folds every loss it gets into
+        # the round the device was assigned last (late or not) and none into a round the
+        # device did not train in (as the in-process simulation does).
+        self._losses: dict[str, float] = {}
         self._pending: dict[str, PendingUpdate] = {}
         self._acked: dict[str, asyncio.Event] = {}
         self._updates: set[str] = set()  # update ids of this run (acks of others are strays)
@@ -335,12 +340,13 @@ class DeviceAgent:
         if parts is None:
             await self._publish_status(round_, False, "no model")
             return
+        losses = self._losses
         telemetry = self._world.telemetry(
             self.index,
             parts,
             round_=round_,
             gate_version=closed.round,
-            expert_loss=self._losses,
+            expert_loss=losses,
             timestamp=self._clock(),
         )
         if not await self._publish_status(round_, True, "available"):
@@ -353,6 +359,8 @@ class DeviceAgent:
         )
         if sent:
             self.stats.count(Event.TELEMETRY_SENT)
+            if self._losses is losses:  # not replaced by a newer training meanwhile
+                self._losses = {}
 
     async def _train_and_upload(self, assignment: Assignment, started: float) -> None:
         self._busy += 1

@@ -5,8 +5,9 @@ input record into it and says whether anything changed (then the app publishes a
 
     Telemetry(r)      fold_telemetry, once per round r (a second telemetry of r is a duplicate);
                       first folds the outcome of a pending round < r, with this telemetry's
-                      expert losses (they come from the device's latest training, i.e. that
-                      round's) when a verdict for it arrived, else with none
+                      expert losses (a device reports each training's losses once, in its first
+                      telemetry after it: they are that round's if it trained in it, late or
+                      not, and none if it did not)
     DeviceStatus      fold_status (applied whatever its round: the MQTT last will carries the
                       round the device connected in); an offline status of round r moves the
                       snapshot's round to r, an online one does not: a device announces itself
@@ -26,13 +27,14 @@ is folded and any assignment or ack of a round ≤ `ClientProfile.last_round` (f
 pending round is stale. Why fold at the next telemetry rather than at the ack: a device reports
 the losses of round r's training in its telemetry of round r + 1, and the in-process simulation
 folds round r's outcome with round r's losses; folding at the ack would pair them with round
-r − 1's. Without a verdict the telemetry's losses are not folded: they are then an older
-training's, already folded (a device that dropped out or never got its model). Known limits: a
-verdict read after the telemetry of the next round finds its round folded as not completed, and
-is counted `stale`: topics are read independently (the acks partition lagging, e.g. in a
-backlog after a restart), and a device so slow that it uploads after the round closed announces
-the next round first (its round is right as not completed, but its losses, which the simulation
-folds for late devices too, are left out).
+r − 1's. The losses are folded whatever the verdict, as the simulation folds them for every
+device that trained: a device so slow that it uploads after the round closed announces the next
+round before its verdict exists (its round is then right as not completed, and its late ack is
+counted `stale`), and one that dropped out or never got its model reports no losses (it has
+none it did not report yet). Known limit: a verdict read after the telemetry of the next round
+finds its round folded as not completed, and is counted `stale`: topics are read independently
+(the acks partition lagging, e.g. in a backlog after a restart; measured in local demos, an
+in-time device's acks are read first: they precede its next telemetry by several hops).
 
 Redelivery: `handled` keeps the last handled offset per input "topic/partition"; a record at or
 below it was folded already (its effect is in the changelog) and changes nothing. One device's
@@ -191,10 +193,9 @@ def _on_telemetry(
     reading = telemetry_reading(message)
     folded = False
     if state is not None and 0 <= state.pending_round < message.round:
-        # This telemetry's losses are from the device's latest training: the pending round's,
-        # if the device trained in it (a verdict came); else an older one's, folded already.
-        losses = expert_losses(message) if state.pending_outcome else {}
-        state = _fold_pending(state, losses, params)
+        # This telemetry's losses are the pending round's: a device reports a training's
+        # losses once, and it trains in every round it is assigned (none when it could not).
+        state = _fold_pending(state, expert_losses(message), params)
         folded = True
     profile = fold_telemetry(
         state.profile if state is not None else None,

@@ -307,14 +307,39 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
         )
         assert agent_b.stats.rounds_trained == 1
 
+        # A training's losses are reported once: in the first telemetry after it (round 2: A
+        # and B are online), not again (round 3: B is online, it did not train in round 2).
+        assert {int(i) for i in scenario.online(2)} == {a, b}
+        assert {int(i) for i in scenario.online(3)} == {4, b}
+
+        def announced(r: int) -> int:
+            return len([h for h in side.of(Telemetry) if h.message.round == r])
+
+        await side.round_closed(1, versions)
+        await side.wait(lambda: announced(2) == 2, 15, "telemetry of round 2")
+        await side.round_closed(2, versions)
+        await side.wait(lambda: announced(3) == 2, 15, "telemetry of round 3")
+        reported: dict[tuple[int, str], dict[str, float]] = {}
+        for heard in side.of(Telemetry):
+            assert isinstance(heard.message, Telemetry)
+            key = (heard.message.round, heard.message.device_id)
+            reported[key] = dict(heard.message.expert_loss)
+        for i in (a, b):
+            losses = fleet.world.train(i, assignments[i], initial).expert_loss
+            want = {expert_part_id(e): v for e, v in losses.items()}
+            assert reported[(2, ids[i])] == pytest.approx(want)
+            assert want, "the device trained experts"
+        assert reported[(3, ids[b])] == {}
+        assert reported[(3, ids[4])] == {}  # it never trained
+
     stats = fleet.stats()
     totals = stats["totals"]
     assert totals["rounds_trained"] == 2
     assert totals["updates_sent"] == 3 + 2  # A: shared + 2 experts, B: shared + 1 expert
     assert totals["updates_acked"] == 2  # B's parts; A's were acked "late"
     assert totals["acks"] == {"applied": 2, "late": 3}
-    assert totals["events"]["telemetry_sent"] == 3
-    assert totals["events"]["unavailable"] == 3
+    assert totals["events"]["telemetry_sent"] == 3 + 2 + 2
+    assert totals["events"]["unavailable"] == 3 + 4 + 4
     # Every device said goodbye on stop (retained offline status, then a clean disconnect).
     await asyncio.sleep(0)
     for i in range(6):

@@ -240,16 +240,17 @@ def verdicts_of(i: int, r: int) -> list[tuple[str, str]]:
 
 
 class Script:
-    """A fleet's rounds: what each device reports (losses of its last training) and hears."""
+    """A fleet's rounds: what each device reports (the losses of its last training, once: in
+    its first telemetry after it) and hears."""
 
     def __init__(self) -> None:
         self.telemetry: dict[int, list[Telemetry]] = {}  # round → one per device
-        last: dict[int, dict[int, float]] = {}
+        unreported: dict[int, dict[int, float]] = {}
         for r in range(1, ROUNDS + 2):
-            self.telemetry[r] = [telemetry(i, r, last.get(i)) for i in range(DEVICES)]
+            self.telemetry[r] = [telemetry(i, r, unreported.pop(i, None)) for i in range(DEVICES)]
             for i in range(DEVICES):
                 if is_assigned(i, r) and verdicts_of(i, r):  # it trained
-                    last[i] = {e: 0.1 + 0.05 * ((i + r + e) % 10) for e in experts_of(i, r)}
+                    unreported[i] = {e: 0.1 + 0.05 * ((i + r + e) % 10) for e in experts_of(i, r)}
 
     def statuses(self, r: int, per_device: int) -> list[DeviceStatus]:
         """Online reports (each moves last_seen, so each is a change and a snapshot)."""
@@ -284,7 +285,7 @@ class Script:
                     round=r,
                     assigned=True,
                     completed_in_time=bool(verdicts) and verdicts[0][1] == "applied",
-                    expert_losses=expert_losses(nxt) if verdicts else {},
+                    expert_losses=expert_losses(nxt),  # none when it did not train
                 )
             p = fold_telemetry(p, telemetry_reading(nxt), now=0.0)
         return p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import replace
 
 import pytest
@@ -191,16 +192,25 @@ def test_a_late_or_rejected_part_spoils_the_round(bad: str) -> None:
     assert dict(profile.expert_trials) == {0: 1}  # it trained: its losses count
 
 
-def test_no_verdict_by_the_next_telemetry_means_not_completed_without_losses() -> None:
+def test_no_verdict_by_the_next_telemetry_means_not_completed_with_its_losses() -> None:
+    # A device uploading after the round closed (late) announces the next round first: it
+    # trained, and its losses count, as in the simulation; its late ack then comes stale.
     feed = Feed()
-    feed(telemetry(1, loss={"expert-1": 0.3}))
+    feed(telemetry(1, loss={"expert-2": 0.8}))  # an older training's: nothing pending
     feed(assignment(1))
-    feed(telemetry(2, loss={"expert-1": 0.3}))  # its losses are an older training's
+    feed(telemetry(2, loss={"expert-1": 0.3}))
     assert feed.state is not None
     profile = feed.state.profile
     assert (profile.rounds_assigned, profile.rounds_completed, profile.last_round) == (1, 0, 1)
-    assert dict(profile.expert_quality) == {}
-    assert dict(profile.expert_trials) == {}
+    assert dict(profile.expert_quality) == {1: pytest.approx(math.exp(-0.3))}
+    assert dict(profile.expert_trials) == {1: 1}
+    assert feed(ack(1, "expert-1", "late")) is Note.STALE
+    # A device that did not train (dropped out, no model) has no losses left to report.
+    feed(assignment(2))
+    feed(telemetry(3, loss={}))
+    assert feed.state is not None
+    assert (feed.state.profile.rounds_assigned, feed.state.profile.rounds_completed) == (2, 0)
+    assert dict(feed.state.profile.expert_trials) == {1: 1}
 
 
 def test_a_later_assignment_folds_the_pending_round() -> None:
@@ -263,7 +273,7 @@ def _script(feed: Feed) -> None:
     feed(status(3, False))
     feed(telemetry(4, ms=2.5, loss={"expert-1": 0.7}))
     feed(assignment(4, experts=(2,)))
-    feed(telemetry(5, ms=2.2, loss={"expert-1": 0.7}))
+    feed(telemetry(5, ms=2.2, loss={"expert-2": 0.6}))  # trained; its verdict not read yet
 
 
 def test_the_script_folds_what_calling_moe_profiles_by_hand_gives() -> None:
@@ -282,11 +292,13 @@ def test_the_script_folds_what_calling_moe_profiles_by_hand_gives() -> None:
         p, round=2, assigned=True, completed_in_time=False, expert_losses=expert_losses(t[2])
     )
     p = fold_telemetry(p, telemetry_reading(t[2]), now=500.0)
-    p = fold_round_outcome(p, round=4, assigned=True, completed_in_time=False, expert_losses={})
+    p = fold_round_outcome(
+        p, round=4, assigned=True, completed_in_time=False, expert_losses=expert_losses(t[3])
+    )
     p = fold_telemetry(p, telemetry_reading(t[3]), now=500.0)
     assert feed.state.profile == p
     assert (p.rounds_assigned, p.rounds_completed, p.last_round) == (3, 1, 4)
-    assert dict(p.expert_trials) == {0: 1, 3: 1, 1: 1}
+    assert dict(p.expert_trials) == {0: 1, 3: 1, 1: 1, 2: 1}
     assert feed.state.round == 5
 
 
