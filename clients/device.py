@@ -43,6 +43,7 @@ from clients.world import FleetWorld, status
 from moe.parts import SHARED, expert_part_id, part_ids
 from moe.scenario import device_id
 from moe.tensors import PartTensors
+from moe.wire import reported_losses
 from schemas import encode
 from schemas.messages import Assignment, PartVersion, RoundClosed, UpdateAck
 from schemas.topics import MqttTopic
@@ -380,7 +381,7 @@ class DeviceAgent:
             return
         result = self._world.train(self.index, assignment, parts)
         self.stats.rounds_trained += 1
-        self._losses = {expert_part_id(e): loss for e, loss in result.expert_loss.items()}
+        self._losses = {expert_part_id(e): v for e, v in reported_losses(result).items()}
         # The simulated device is busy for its round time (download, compute, upload).
         loop = asyncio.get_running_loop()
         busy_until = started + self._world.round_wall_s(self.index, experts)

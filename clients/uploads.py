@@ -18,48 +18,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from moe.parts import SHARED, expert_part_id
 from moe.training import LocalResult
-from schemas.messages import Assignment, ModelUpdate, PartPayload, UpdateAck
+from moe.wire import model_update, update_id
+from schemas.messages import Assignment, ModelUpdate, UpdateAck
 
-
-def update_id(device: str, round_: int) -> str:
-    """The id of `device`'s update of `round_` (stable across resends and restarts)."""
-    return f"up-{device}-r{round_}"
+__all__ = ["AckEffect", "PendingUpdate", "build_update", "update_id"]
 
 
 def build_update(
     result: LocalResult, assignment: Assignment, *, train_seconds: float, timestamp: float
 ) -> ModelUpdate:
     """The upload of one local training result for `assignment` (see the module docstring)."""
-    parts = [
-        PartPayload(
-            part=SHARED,
-            base_version=assignment.model_versions[SHARED],
-            weight=float(result.num_samples),
-            loss=result.train_loss,
-            tensors=result.parts[SHARED],
-        )
-    ]
-    for expert in assignment.experts:
-        part = expert_part_id(expert)
-        parts.append(
-            PartPayload(
-                part=part,
-                base_version=assignment.model_versions[part],
-                weight=float(result.expert_samples[expert]),
-                loss=result.expert_loss.get(expert, 0.0),
-                tensors=result.parts[part],
-            )
-        )
-    return ModelUpdate(
-        message_id=update_id(assignment.device_id, assignment.round),
+    return model_update(
+        result,
         device_id=assignment.device_id,
         round=assignment.round,
-        timestamp=timestamp,
-        num_samples=result.num_samples,
+        experts=assignment.experts,
+        base_versions=assignment.model_versions,
         train_seconds=train_seconds,
-        parts=tuple(parts),
+        timestamp=timestamp,
     )
 
 

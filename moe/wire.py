@@ -7,14 +7,16 @@ wire keys them by part id (`expert-3`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from moe.load import ExpertLoadState, imbalance
-from moe.parts import expert_index, expert_part_id
+from moe.parts import SHARED, expert_index, expert_part_id
 from moe.profiles import ClientProfile, TelemetryReading
-from schemas.messages import ExpertLoad, ProfileSnapshot, Telemetry
+from moe.training import LocalResult
+from schemas.messages import ExpertLoad, ModelUpdate, PartPayload, ProfileSnapshot, Telemetry
 
 
 def _by_part(values: Mapping[int, float]) -> dict[str, float]:
@@ -137,4 +139,68 @@ def expert_load_state(message: ExpertLoad) -> ExpertLoadState:
         samples_routed=np.asarray(message.samples_routed, dtype=np.float64),
         rounds_since_update=np.asarray(message.rounds_since_update, dtype=np.int64),
         rounds_closed=message.rounds_closed,
+    )
+
+
+def reported_loss(loss: float) -> float:
+    """A loss as a device reports it: a diverged (non-finite) or negative one reads 0.
+
+    The wire refuses such losses; the diverged weights themselves still travel and the
+    aggregator rejects them as non-finite, so a diverging device costs its update, never the
+    fleet.
+    """
+    return loss if math.isfinite(loss) and loss >= 0 else 0.0
+
+
+def reported_losses(result: LocalResult) -> dict[int, float]:
+    """The per-expert losses of a training worth reporting (finite and >= 0), by expert."""
+    return {e: v for e, v in result.expert_loss.items() if math.isfinite(v) and v >= 0}
+
+
+def update_id(device: str, round: int) -> str:
+    """The id of `device`'s update of `round` (stable across resends and restarts)."""
+    return f"up-{device}-r{round}"
+
+
+def model_update(
+    result: LocalResult,
+    *,
+    device_id: str,
+    round: int,
+    experts: Sequence[int],
+    base_versions: Mapping[str, int],
+    train_seconds: float,
+    timestamp: float,
+) -> ModelUpdate:
+    """A device's upload of one local training: `shared` (weight = its sample count, loss =
+    its mean local loss) and each trained expert (weight = samples routed to it, loss = their
+    mean loss, 0 when none were routed), each based on the version it trained from."""
+    parts = [
+        PartPayload(
+            part=SHARED,
+            base_version=base_versions[SHARED],
+            weight=float(result.num_samples),
+            loss=reported_loss(result.train_loss),
+            tensors=result.parts[SHARED],
+        )
+    ]
+    for expert in experts:
+        part = expert_part_id(expert)
+        parts.append(
+            PartPayload(
+                part=part,
+                base_version=base_versions[part],
+                weight=float(result.expert_samples.get(expert, 0)),
+                loss=reported_loss(result.expert_loss.get(expert, 0.0)),
+                tensors=result.parts[part],
+            )
+        )
+    return ModelUpdate(
+        message_id=update_id(device_id, round),
+        device_id=device_id,
+        round=round,
+        timestamp=timestamp,
+        num_samples=result.num_samples,
+        train_seconds=train_seconds,
+        parts=tuple(parts),
     )

@@ -56,8 +56,7 @@ telemetry and acks are small and left out.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,7 +77,8 @@ from moe.profiles import ClientProfile, fold_round_outcome, fold_status, fold_te
 from moe.scenario import Scenario, ScenarioConfig, build_scenario, device_id, device_index
 from moe.simulation.records import RoundRecord, RunResult
 from moe.training import LocalResult, evaluate, train_local
-from schemas import ModelUpdate, PartPayload, PartVersion, encode
+from moe.wire import model_update, reported_losses
+from schemas import ModelUpdate, PartVersion, encode
 
 OnRound = Callable[[RoundRecord], None]
 Float32Array = NDArray[np.float32]
@@ -240,50 +240,26 @@ def _trained_parts(experts: Sequence[int]) -> list[str]:
     return [SHARED, *(expert_part_id(e) for e in experts)]
 
 
-def _payloads(device: _DeviceRound) -> list[tuple[str, Mapping[str, np.ndarray], float, float]]:
-    """(part, tensors, weight, loss) of each part of the device's update."""
-    res = device.result
-    out: list[tuple[str, Mapping[str, np.ndarray], float, float]] = [
-        (SHARED, res.parts[SHARED], float(res.num_samples), res.train_loss)
-    ]
-    for e in device.experts:
-        pid = expert_part_id(e)
-        loss = res.expert_loss.get(e, 0.0)
-        out.append((pid, res.parts[pid], float(res.expert_samples.get(e, 0)), loss))
-    return out
-
-
-def _update_bytes(world: _World, r: int, device: _DeviceRound) -> int:
-    """Encoded size of the ModelUpdate the device uploads."""
-    dev = device_id(device.index)
-    parts = tuple(
-        PartPayload(
-            part=pid,
-            base_version=device.base_versions[pid],
-            weight=weight,
-            loss=loss if math.isfinite(loss) and loss >= 0 else 0.0,
-            tensors=dict(tensors),
-        )
-        for pid, tensors, weight, loss in _payloads(device)
-    )
-    message = ModelUpdate(
-        message_id=f"{dev}-r{r}",
-        device_id=dev,
+def _update(world: _World, r: int, device: _DeviceRound) -> ModelUpdate:
+    """The ModelUpdate the device uploads (the one builder devices on the bus use too)."""
+    return model_update(
+        device.result,
+        device_id=device_id(device.index),
         round=r,
-        timestamp=world.clock + device.time_s,
-        num_samples=device.result.num_samples,
+        experts=device.experts,
+        base_versions=device.base_versions,
         train_seconds=device.time_s,
-        parts=parts,
+        timestamp=world.clock + device.time_s,
     )
-    return len(encode(message))
 
 
-def _offer(world: _World, r: int, device: _DeviceRound) -> bool:
+def _offer(world: _World, r: int, update: ModelUpdate) -> bool:
     """Step 3: offer every part of an in-time update; True when all were applied."""
-    dev = device_id(device.index)
     verdicts = [
-        world.aggregators[pid].offer(r, dev, tensors, weight, device.base_versions[pid]).status
-        for pid, tensors, weight, _ in _payloads(device)
+        world.aggregators[p.part]
+        .offer(r, update.device_id, p.tensors, p.weight, p.base_version)
+        .status
+        for p in update.parts
     ]
     return all(v == "applied" for v in verdicts)
 
@@ -317,14 +293,17 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     ]
     bytes_down = bytes_up = 0
     devices: list[_DeviceRound] = []
+    updates: list[ModelUpdate] = []
     for index, experts in sorted(assigned):
         bytes_down += sum(world.part_version_bytes(pid, r) for pid in _trained_parts(experts))
         device = _train(world, r, index, experts)
-        bytes_up += _update_bytes(world, r, device)
+        update = _update(world, r, device)
+        bytes_up += len(encode(update))
         devices.append(device)
-    for device in devices:
+        updates.append(update)
+    for device, update in zip(devices, updates, strict=True):
         if not device.late:
-            device.applied = _offer(world, r, device)
+            device.applied = _offer(world, r, update)
     for pid, agg in world.aggregators.items():
         stats = agg.close().stats
         e = expert_index(pid)
@@ -333,7 +312,7 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     world.load = on_round_closed(world.load)
     for device in devices:
         dev = device_id(device.index)
-        losses = {e: v for e, v in device.result.expert_loss.items() if math.isfinite(v) and v >= 0}
+        losses = reported_losses(device.result)
         world.profiles[dev] = fold_round_outcome(
             world.profiles[dev],
             round=r,

@@ -15,7 +15,7 @@ from moe.wire import (
     telemetry_reading,
 )
 from schemas import decode, encode
-from schemas.messages import Telemetry
+from schemas.messages import ModelUpdate, Telemetry
 
 
 def test_profile_round_trips_through_the_wire() -> None:
@@ -55,3 +55,30 @@ def test_expert_load_round_trips_through_the_wire() -> None:
         np.testing.assert_array_equal(getattr(back, name), getattr(state, name))
     assert back.rounds_closed == state.rounds_closed == 2
     assert msg.cv > 0
+
+
+def test_a_diverged_training_still_gives_a_valid_update() -> None:
+    import math
+
+    from moe.training import train_local
+    from moe.wire import model_update, reported_losses
+
+    sc = build_scenario(ScenarioConfig(num_devices=4, num_experts=4))
+    data = sc.data.devices[0]
+    result = train_local(sc.model, sc.initial_parts(), data.x, data.y, [1], seed=3)
+    diverged = dataclasses.replace(result, train_loss=math.nan, expert_loss={1: math.inf})
+    update = model_update(
+        diverged,
+        device_id="dev-00000",
+        round=2,
+        experts=[1],
+        base_versions={"shared": 0, "expert-1": 0},
+        train_seconds=0.5,
+        timestamp=1.0,
+    )
+    assert [(p.part, p.loss) for p in update.parts] == [("shared", 0.0), ("expert-1", 0.0)]
+    assert update.parts[1].weight == result.expert_samples[1]
+    assert reported_losses(diverged) == {}
+    back = decode(encode(update))
+    assert isinstance(back, ModelUpdate)
+    assert [p.loss for p in back.parts] == [0.0, 0.0]
