@@ -53,7 +53,7 @@ def log_tail(*paths: Path, lines: int = 30) -> str:
     return "\n".join(out) if out else "(no log output)"
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
+def pdeathsig_preexec() -> Callable[[], None] | None:
     """A preexec_fn that asks Linux to SIGTERM the child when its parent dies."""
     if not sys.platform.startswith("linux"):
         return None
@@ -117,7 +117,7 @@ class BrokerProcess:
                         cwd=self.cwd,
                         env=self.env,
                         start_new_session=True,
-                        preexec_fn=_pdeathsig_preexec(),
+                        preexec_fn=pdeathsig_preexec(),
                     )
             except (OSError, TimeoutError) as exc:
                 raise BrokerLaunchError(

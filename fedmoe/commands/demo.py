@@ -29,12 +29,13 @@ from typing import Any
 
 from brokers.local import LocalBrokers
 from brokers.settings import LocalBrokerSettings
+from clients.settings import FleetSettings
 from fedmoe.demo.observer import observer_runtime
 from fedmoe.demo.processes import ProcessGroup, child_env, fedmoe_argv
 from fedmoe.demo.progress import RunProgress
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.scenario import ScenarioSettings
-from fedmoe.settings import add_arguments, from_args, setting, to_env
+from fedmoe.settings import add_arguments, from_args, load_settings, setting, to_env
 from moe.matching import STRATEGY_NAMES
 from services.aggregator.settings import AggregatorSettings
 from services.load_monitor.settings import LoadMonitorSettings
@@ -139,8 +140,11 @@ async def run_demo(
     """Run the whole demo; returns the summary (also written to `out/summary.json`)."""
     out = demo.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # A run starts from empty brokers (no persisted sessions or retained messages of old runs).
+    # A run starts from empty brokers (no persisted sessions or retained messages of old runs)
+    # and reports only its own fleet's counters.
     shutil.rmtree(out / "brokers", ignore_errors=True)
+    (out / "fleet-stats.json").unlink(missing_ok=True)
+    fleet_drain_s = load_settings(FleetSettings, environ).drain_s
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     brokers_settings = LocalBrokerSettings(run_dir=str(out / "brokers"), namespace=namespace)
@@ -158,8 +162,9 @@ async def run_demo(
             await _start_all(group, demo, env, out)
             pids = group.pids
             finished = await _watch(group, progress, changed, demo.rounds, started + demo.timeout_s)
-            # The fleet first: it writes its counters while the services still answer.
-            await group.stop("fleet")
+            # The fleet first: it finishes uploads under way (its drain) and writes its
+            # counters while the services still answer.
+            await group.stop("fleet", timeout_s=fleet_drain_s + 15.0)
     fleet = _read_json(out / "fleet-stats.json").get("totals", {})
     summary = {
         "finished": finished,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -22,21 +21,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from brokers._process import pdeathsig_preexec
 from fedmoe.errors import FedMoEError
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-
 
 class ChildProcessFailed(FedMoEError):
     """A child process of the demo exited while it should have been running."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -79,7 +71,7 @@ class ProcessGroup:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=pdeathsig_preexec(),
             )
         except OSError as exc:
             log_file.close()
@@ -115,7 +107,9 @@ class ProcessGroup:
                 log.warning("%s (pid %d) ignored SIGTERM; killing it", child.name, child.pid)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                await process.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await process.wait()
         child.log_file.close()
         return process.returncode
 
@@ -157,7 +151,7 @@ def child_env(base: Mapping[str, str], *overlays: Mapping[str, str]) -> dict[str
 
 
 def alive(pid: int) -> bool:
-    """Whether a process with `pid` exists (and is not a zombie of ours)."""
+    """Whether a process with `pid` exists (a zombie counts: reap your children first)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

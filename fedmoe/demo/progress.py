@@ -36,9 +36,16 @@ class RunProgress:
     duplicate_acks: int = 0
     dead_letters: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)  # ids of acks and dead letters counted
 
     def fold(self, message: Message) -> None:
         """Take one record's message into account."""
+        if isinstance(message, UpdateAck | DeadLetter):
+            # A service re-produces the same message (same id) when it redoes work after a
+            # restart: count each once.
+            if message.message_id in self.counted:
+                return
+            self.counted.add(message.message_id)
         if isinstance(message, EvalMetrics):
             self.accuracy[message.round] = message.accuracy
         elif isinstance(message, RoundOpened):

@@ -105,6 +105,7 @@ def test_fold_and_summary() -> None:
     )
     p.fold(_ack("u1", "shared", "applied"))
     p.fold(_ack("u1", "shared", "duplicate"))  # a resend: still applied once
+    p.fold(_ack("u1", "shared", "duplicate"))  # the same ack re-produced: counted once
     p.fold(_ack("u2", "shared", "late"))
     p.fold(
         DeadLetter(
