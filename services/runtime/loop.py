@@ -96,6 +96,11 @@ class ConsumeLoop:
         self._generation = 0  # bumped on every revoke: fetched-before records are stale
         self._revokes_waiting = 0  # revokes waiting for the batch in hand
         self._assigned: set[Partition] = set()
+        # Outputs of handled work (a record or a tick) whose delivery was interrupted: the
+        # handler's state already holds that work, so they go out before anything else and
+        # nothing is checkpointed or committed while they wait (else a restart would take the
+        # redelivered record for a duplicate and the outputs would never be produced).
+        self._unsent: list[EncodedRecord] = []
 
     # -- control -----------------------------------------------------------------------------
 
@@ -252,18 +257,29 @@ class ConsumeLoop:
         delivered and committed; the rest is left uncommitted and is redone later.
         """
         self._metrics.inc(Outcome.RECEIVED, len(records))
+        if not await self._flush_unsent():
+            return  # the records stay uncommitted and are redone
         delivery = self._delivery()
         done: dict[Partition, int] = {}
+        sent: list[EncodedRecord] = []
         for record in records:
             if self._interrupt.is_set():
                 break
             outputs = await self._handle_record(record)
-            if outputs is None or not await delivery.send(outputs):
+            if outputs is None:
                 break
+            sent += outputs
+            if not await delivery.send(outputs):
+                # Handled, but its outputs are not all out: keep the batch's outputs for the
+                # next round of work and commit nothing of it (redone records dedup).
+                self._unsent = sent
+                log.warning("%s: delivery interrupted mid-batch; outputs kept", self.name)
+                return
             done[Partition(record.topic, record.partition)] = record.offset + 1
         if not done:
             return
         if not await delivery.confirm():
+            self._unsent = sent
             log.warning("%s: delivery interrupted; %d records not committed", self.name, len(done))
             return
         if not await self._checkpoint():
@@ -357,6 +373,8 @@ class ConsumeLoop:
 
     async def _tick(self, ticker: Ticker) -> None:
         self._metrics.inc(Outcome.TICKS)
+        if not await self._flush_unsent():
+            return  # no new state while earlier outputs are still out
         try:
             outputs: Sequence[Outbound] = await ticker.on_tick(self._clock())
             encoded = [encode_outbound(out, self._table) for out in outputs]
@@ -371,10 +389,24 @@ class ConsumeLoop:
         if await delivery.send(encoded) and await delivery.confirm():
             await self._checkpoint()
         else:
-            log.warning("%s: tick outputs interrupted before their acks", self.name)
+            self._unsent += encoded
+            log.warning("%s: tick outputs interrupted before their acks; kept", self.name)
+
+    async def _flush_unsent(self) -> bool:
+        """Deliver the kept outputs of interrupted work; False while some are still out."""
+        if not self._unsent:
+            return True
+        delivery = self._delivery()
+        if await delivery.send(self._unsent) and await delivery.confirm():
+            log.info("%s: delivered %d kept outputs", self.name, len(self._unsent))
+            self._unsent = []
+            return True
+        return False
 
     async def _checkpoint(self) -> bool:
         """Run the handler's checkpoint; retriable errors are retried. False: interrupted."""
+        if self._unsent:
+            return False  # the state holds work whose outputs are not out yet
         if self._checkpointer is None:
             return True
         attempt = 0

@@ -598,3 +598,34 @@ async def test_a_revoke_that_times_out_does_not_wedge_the_loop() -> None:
     loop.stop()
     await asyncio.wait_for(task, 1)
     assert handler.seen == [0, 1]
+
+
+async def test_outputs_of_an_interrupted_batch_go_out_before_any_checkpoint() -> None:
+    """A record handled but not delivered: nothing is checkpointed or committed until its
+    outputs are out (else a restart would take it for a duplicate and lose them)."""
+    log: list[str] = []
+    producer, consumer = FakeProducer(log), FakeConsumer(log)
+
+    class Saving(EchoHandler):
+        checkpoints = 0
+
+        async def checkpoint(self) -> None:
+            self.checkpoints += 1
+
+    handler = Saving()
+    loop = make_loop(handler, producer)
+    producer.fail_sends = [BrokerUnavailable("down")] * 10_000
+    task = asyncio.create_task(loop.process_batch([record(0), record(1)], consumer))
+    await until(lambda: len(handler.seen) >= 1, handler.changed)
+    loop.stop()  # interrupts the endless send retries of record 0's output
+    await asyncio.wait_for(task, 1)
+    assert (consumer.commits, handler.checkpoints) == ([], 0)
+    # Once the producer works again, the kept output goes out first, then work resumes.
+    producer.fail_sends = []
+    loop2 = loop  # the same loop instance (a rebalance, not a restart)
+    loop2._interrupt.clear()
+    loop2._stopping.clear()
+    await loop2.process_batch([record(0), record(1)], consumer)
+    assert handler.checkpoints == 1
+    assert consumer.committed() == {Partition(IN, 0): 2}
+    assert len(producer.outputs(OUT)) == 3  # record 0's kept output, then both again
