@@ -277,8 +277,10 @@ class RoundClock:
         if now >= opened.deadline:
             return f"round {r}: assignments missing, deadline passed: it closes by its deadline"
         plan = self._planner(r, self.profiles(), self.load_state())
-        if plan.devices != opened.devices or plan.expected_parts(self._num_experts) != dict(
-            opened.expected_parts
+        if (
+            plan.devices != opened.devices
+            or plan.expected_parts(self._num_experts) != dict(opened.expected_parts)
+            or not set(assigned) <= set(plan.experts)
         ):
             return f"round {r}: assignments missing, the profiles changed: closes by its deadline"
         missing = [

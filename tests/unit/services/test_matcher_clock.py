@@ -457,11 +457,16 @@ def test_resume_does_nothing_when_all_went_out_or_it_is_too_late_or_profiles_mov
     assert clock.advance(101.0) == []
     clock = _restored(rounds_log + inputs)
     assert "deadline passed" in clock.resume(set(), now=opened.deadline)
-    changed = [*inputs, snapshot(int(would[0].device_id[-1]), 1, online=False, ts=100.6)]
+    # Fewer candidates than the round assigned: the same plan cannot come out again.
+    gone = [int(a.device_id[-1]) for a in would[:3]]
+    changed = [*inputs, *(snapshot(i, 1, online=False, ts=100.6) for i in gone)]
     clock = _restored(rounds_log + changed)
     assert "changed" in clock.resume(set(), now=101.0)
     assert clock.advance(101.0) == []
     assert clock.held_assignments == 0
+    # A device the log shows assigned but the new plan leaves out: not the same plan.
+    clock = _restored(rounds_log + inputs)
+    assert "changed" in clock.resume({"dev-99999"}, now=101.0)
 
 
 def test_announcements_follow_each_devices_latest_snapshot() -> None:
