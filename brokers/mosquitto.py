@@ -20,19 +20,15 @@ import string
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiomqtt
 
-from brokers._process import BrokerProcess, free_port, log_tail
-from brokers._process import NotStarted as _NotStarted
+from brokers._launcher import LaunchedBroker
 from brokers.errors import BrokerLaunchError
 from brokers.settings import LocalBrokerSettings
 
 log = logging.getLogger(__name__)
 
-_AUTO_PORT_ATTEMPTS = 3
 _RETRY_S = 0.05
 _DEFAULTS = LocalBrokerSettings()
 _UNSAFE_IN_CONF = set(" \t\r\n#")
@@ -137,8 +133,10 @@ async def wait_mqtt_ready(host: str, port: int, timeout_s: float) -> None:
         await asyncio.sleep(min(_RETRY_S, max(0.0, deadline - time.monotonic())))
 
 
-class MosquittoBroker:
+class MosquittoBroker(LaunchedBroker):
     """Mosquitto on 127.0.0.1:`port` (0 = a free port, kept across restarts)."""
+
+    name = "Mosquitto"
 
     def __init__(
         self,
@@ -152,19 +150,16 @@ class MosquittoBroker:
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
     ) -> None:
-        self.run_dir = Path(run_dir).absolute()
-        self.port = port
-        self._auto_port = port == 0
+        super().__init__(
+            run_dir, port=port, start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s
+        )
         self.binary = find_mosquitto(binary)
         self.max_packet_size = max_packet_size
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
-        self.start_timeout_s = start_timeout_s
-        self.stop_timeout_s = stop_timeout_s
         self.conf_path = self.run_dir / "mosquitto.conf"
         self.log_path = self.run_dir / "mosquitto.log"  # the broker's own log
         self.out_path = self.run_dir / "mosquitto.out"  # its stdout/stderr (startup errors)
-        self._process: BrokerProcess | None = None
 
     @classmethod
     def from_settings(cls, settings: LocalBrokerSettings, run_dir: Path) -> MosquittoBroker:
@@ -183,19 +178,7 @@ class MosquittoBroker:
     @property
     def url(self) -> str:
         """The broker's URL, "mqtt://127.0.0.1:PORT"."""
-        if not self.port:
-            raise BrokerLaunchError("Mosquitto has no port yet: start it first")
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs."""
-        return None if self._process is None else self._process.pid
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process runs."""
-        return self._process is not None and self._process.returncode is None
+        return f"mqtt://127.0.0.1:{self._require_port()}"
 
     def write_config(self) -> Path:
         """Render the template for the current port into `run_dir/mosquitto.conf`."""
@@ -210,85 +193,18 @@ class MosquittoBroker:
         self.conf_path.write_text(text)
         return self.conf_path
 
-    async def start(self) -> None:
-        """Start Mosquitto and return once it accepts an MQTT CONNECT."""
-        if self.running:
-            raise BrokerLaunchError(f"Mosquitto already running on port {self.port}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # A port picked here is kept: a restart must come back on the same port.
-        attempts = _AUTO_PORT_ATTEMPTS if self._auto_port and not self.port else 1
-        for attempt in range(1, attempts + 1):
-            if not self.port or (self._auto_port and attempt > 1):
-                self.port = free_port()
-            try:
-                await self._start_once()
-                return
-            except _NotStarted as exc:
-                if attempt == attempts:
-                    raise
-                log.warning(
-                    "Mosquitto did not start on port %d, trying another: %s", self.port, exc
-                )
-
-    async def _start_once(self) -> None:
+    def _prepare(self) -> None:
         self.write_config()
-        argv = [str(self.binary), "-c", str(self.conf_path)]
-        process = BrokerProcess("mosquitto", argv, self.out_path, self.run_dir)
-        self._process = process
-        await process.spawn(self.start_timeout_s)
-        ready = asyncio.ensure_future(wait_mqtt_ready("127.0.0.1", self.port, self.start_timeout_s))
-        exited = asyncio.ensure_future(process.wait_exit())
-        try:
-            done, _ = await asyncio.wait(
-                {ready, exited},
-                timeout=self.start_timeout_s + 1.0,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if ready in done and ready.exception() is None:
-                log.info("Mosquitto ready at %s (pid %s)", self.url, process.pid)
-                return
-            if exited in done:
-                why = f"exited with status {exited.result()} before it was ready"
-            elif ready in done:
-                why = f"not ready: {ready.exception()}"
-            else:
-                why = f"not ready after {self.start_timeout_s:.1f}s"
-        finally:
-            for task in (ready, exited):
-                task.cancel()
-            for task in (ready, exited):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        await process.stop(self.stop_timeout_s)
-        raise _NotStarted(
-            f"Mosquitto on 127.0.0.1:{self.port} {why}\n{log_tail(self.out_path, self.log_path)}"
-        )
 
-    async def stop(self) -> None:
-        """SIGTERM Mosquitto (it saves its persistence file), SIGKILL after the timeout."""
-        if self._process is not None:
-            await self._process.stop(self.stop_timeout_s)
-        self._process = None
+    def _argv(self) -> list[str]:
+        return [str(self.binary), "-c", str(self.conf_path)]
 
-    async def restart(self) -> None:
-        """Stop, then start again on the same port and run directory."""
-        await self.stop()
-        await self.start()
+    @property
+    def _output_path(self) -> Path:
+        return self.out_path
 
-    async def wait_exited(self) -> int:
-        """Wait until the running broker process exits; its exit status."""
-        if self._process is None:
-            raise BrokerLaunchError("the broker is not running")
-        return await self._process.wait_exit()
+    def _log_paths(self) -> tuple[Path, ...]:
+        return (self.out_path, self.log_path)
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _wait_ready(self) -> None:
+        await wait_mqtt_ready("127.0.0.1", self.port, self.start_timeout_s)
