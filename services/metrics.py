@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from enum import StrEnum
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,18 @@ class Outcome(StrEnum):
 
 
 class ServiceMetrics:
-    """Counters per `Outcome` for one service process."""
+    """Counters per `Outcome` for one service process.
 
-    def __init__(self, service: str) -> None:
+    Args:
+        service: the service's name, in every snapshot.
+        notes: the handler's own counters (what its domain logic noted), shown beside the
+            runtime's in the same snapshot; read live, never copied.
+    """
+
+    def __init__(self, service: str, notes: Mapping[str, int] | None = None) -> None:
         self.service = service
         self._counts: Counter[str] = Counter()
+        self._notes: Mapping[str, int] = notes if notes is not None else {}
         self._started = time.monotonic()
 
     def inc(self, outcome: Outcome, n: int = 1) -> None:
@@ -52,9 +60,11 @@ class ServiceMetrics:
         return self._counts[outcome.value]
 
     def snapshot(self) -> dict[str, int | float | str]:
-        """Every counter (zeros included), the service name and its uptime in seconds."""
+        """Every counter (zeros included), the handler's notes, the service name and its
+        uptime in seconds."""
         out: dict[str, int | float | str] = {"service": self.service}
         out.update({o.value: self._counts[o.value] for o in Outcome})
+        out.update({str(note): count for note, count in sorted(self._notes.items())})
         out["uptime_s"] = round(time.monotonic() - self._started, 3)
         return out
 

@@ -131,20 +131,6 @@ class LoadMonitorHandler:
         return outputs
 
 
-class LoadMonitorMetrics(ServiceMetrics):
-    """The runtime's counters plus the handler's notes, in one metrics line."""
-
-    def __init__(self, notes: Counter[str]) -> None:
-        super().__init__(NAME)
-        self._notes = notes
-
-    def snapshot(self) -> dict[str, int | float | str]:
-        """The runtime's counters and every note."""
-        out = super().snapshot()
-        out.update({str(note): count for note, count in sorted(self._notes.items())})
-        return out
-
-
 async def run_load_monitor(
     settings: LoadMonitorSettings,
     scenario: ScenarioSettings,
@@ -185,7 +171,7 @@ async def run_load_monitor(
             inputs=INPUTS,
             group_id=settings.group_id,
             settings=runtime,
-            metrics=LoadMonitorMetrics(handler.notes),
+            metrics=ServiceMetrics(NAME, handler.notes),
         )
     )
 

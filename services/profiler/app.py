@@ -165,20 +165,6 @@ class ProfilerHandler:
         )
 
 
-class ProfilerMetrics(ServiceMetrics):
-    """The runtime's counters plus the handler's notes, in one metrics line."""
-
-    def __init__(self, notes: Counter[str]) -> None:
-        super().__init__(NAME)
-        self._notes = notes
-
-    def snapshot(self) -> dict[str, int | float | str]:
-        """The runtime's counters and every note."""
-        out = super().snapshot()
-        out.update({str(note): count for note, count in sorted(self._notes.items())})
-        return out
-
-
 async def read_changelog(broker: BrokerSettings, timeout_s: float) -> list[ProfileSnapshot]:
     """Every ProfileSnapshot on `profiles`, in per-partition order."""
     replay = await replay_topics(
@@ -214,7 +200,7 @@ async def run_profiler(
             inputs=INPUTS,
             group_id=settings.group_id,
             settings=runtime,
-            metrics=ProfilerMetrics(handler.notes),
+            metrics=ServiceMetrics(NAME, handler.notes),
         )
     )
 
