@@ -121,7 +121,9 @@ class MatcherHandler:
         try:
             outputs = self.clock.advance(now)
         except Exception:
-            # A planner failure must not dead-letter the record in hand; the next tick retries.
+            # A planner failure (a bug) must not dead-letter the record in hand; it is counted
+            # and the next tick retries, since new profiles or loads may change the plan.
+            self._metrics.inc(Outcome.HANDLER_ERRORS)
             log.exception("matcher: advancing the round clock failed")
             return []
         for out in outputs:

@@ -107,3 +107,20 @@ async def test_a_message_on_the_wrong_topic_is_refused_once(topic: Topic, messag
     assert await handler.handle(record) == []
     assert handler.clock.profiles() == []
     assert handler.clock.versions == dict.fromkeys(PARTS, 0)
+
+
+async def test_a_failing_clock_is_counted_and_retried_on_the_next_tick() -> None:
+    metrics = ServiceMetrics("matcher")
+    handler = MatcherHandler(make_clock(), TABLE, metrics, now=FakeTime(100.0))
+    working = handler.clock.advance
+
+    def broken(now: float) -> list[object]:
+        raise ValueError("planner bug")
+
+    handler.clock.advance = broken  # type: ignore[method-assign,assignment]
+    assert await handler.on_tick(100.0) == []
+    assert metrics.get(Outcome.HANDLER_ERRORS) == 1
+    handler.clock.advance = working  # type: ignore[method-assign]
+    (opened, *_) = await handler.on_tick(100.1)
+    assert isinstance(opened.message, RoundOpened)
+    assert metrics.get(Outcome.HANDLER_ERRORS) == 1
