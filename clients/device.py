@@ -32,12 +32,12 @@ from typing import Any
 
 from brokers.errors import BrokerError
 from brokers.settings import BrokerSettings
-from clients.inbound import Drop, InboundFilter
+from clients.inbound import Drop, Inbound, InboundFilter
 from clients.link import DeviceLink
 from clients.model_store import ModelStore, Offer, Readiness
 from clients.rounds import RoundBook, Take
 from clients.settings import FleetSettings
-from clients.stats import DeviceStats, Event
+from clients.stats import DeviceStats, Event, Received
 from clients.uploads import AckEffect, PendingUpdate, build_update
 from clients.world import FleetWorld, status
 from moe.parts import SHARED, expert_part_id, part_ids
@@ -243,6 +243,7 @@ class DeviceAgent:
 
     async def _handle(self, topic: str, payload: bytes) -> None:
         item = self._filter.classify(topic, payload)
+        self.stats.received(_carried(item), len(payload))
         if isinstance(item, Drop):
             self.stats.dropped(item.reason)
             log.debug("%s: dropped %s: %s", self.device, item.reason, item.detail)
@@ -285,7 +286,7 @@ class DeviceAgent:
         # when the bus delivered it: the simulated round time already counts the download.
         started = asyncio.get_running_loop().time()
         lag = self._world.delivery_lag_s(assignment.timestamp, self._clock())
-        self.stats.assignment_lags.append(round(lag, 4))
+        self.stats.assignment_lags.add(lag)
         if self._settings.time_from_open:
             started -= lag
         self._spawn(self._train_and_upload(assignment, started), f"train-r{assignment.round}")
@@ -425,3 +426,11 @@ class DeviceAgent:
     async def _drop_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self.drop_connection(self._settings.reconnect_s)
+
+
+def _carried(item: Inbound | Drop) -> Received:
+    if isinstance(item, Drop):
+        return Received.DROPPED
+    if isinstance(item, PartVersion):
+        return Received.MODEL
+    return Received.CONTROL

@@ -8,6 +8,10 @@ resends         publishes of an update after its first
 rounds_trained  local trainings done
 drops           abrupt connection drops (simulated faults)
 events          everything else worth a number (see `Event`), incl. dropped inputs
+bytes_received  MQTT payload bytes received, by what they carried (`Received`): the downlink
+assignment_lag_s  wall seconds from a round's open to its assignment's arrival (n, mean, max)
+
+Every counter is O(1) in the number of rounds: a soak of many rounds keeps no per-round lists.
 """
 
 from __future__ import annotations
@@ -19,6 +23,41 @@ from enum import StrEnum
 from typing import Any
 
 from clients.inbound import DropReason
+
+
+class Received(StrEnum):
+    """What a received MQTT payload carried (one byte counter each)."""
+
+    MODEL = "model"  # a whole model part (PartVersion on {root}/model/{part})
+    GATE = "gate"  # the gate row of an expert part ({root}/gate/{part})
+    CONTROL = "control"  # rounds, assignments, acks
+    DROPPED = "dropped"  # anything the device dropped
+
+
+@dataclass
+class Lags:
+    """A running summary of wall-second lags (count, sum, max)."""
+
+    n: int = 0
+    total: float = 0.0
+    max: float = 0.0
+
+    def add(self, value: float) -> None:
+        """Fold one lag in."""
+        self.n += 1
+        self.total += value
+        self.max = max(self.max, value)
+
+    def merge(self, other: Lags) -> None:
+        """Fold another summary in."""
+        self.n += other.n
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
+    def as_dict(self) -> dict[str, float]:
+        """{n, mean, max}, rounded for JSON."""
+        mean = self.total / self.n if self.n else 0.0
+        return {"n": self.n, "mean": round(mean, 4), "max": round(self.max, 4)}
 
 
 class Event(StrEnum):
@@ -51,12 +90,17 @@ class DeviceStats:
     drops: int = 0
     events: Counter[str] = field(default_factory=Counter)
     dropped_inputs: Counter[str] = field(default_factory=Counter)
+    bytes_received: Counter[str] = field(default_factory=Counter)
     # Wall seconds from a round's open (the assignment's timestamp) to the assignment's arrival.
-    assignment_lags: list[float] = field(default_factory=list)
+    assignment_lags: Lags = field(default_factory=Lags)
 
     def count(self, event: Event, n: int = 1) -> None:
         """Add `n` to one event counter."""
         self.events[event.value] += n
+
+    def received(self, what: Received, nbytes: int) -> None:
+        """Count one received payload of `nbytes` bytes."""
+        self.bytes_received[what.value] += nbytes
 
     def dropped(self, reason: DropReason) -> None:
         """Count one received message dropped for `reason`."""
@@ -73,22 +117,18 @@ class DeviceStats:
             "drops": self.drops,
             "events": {e.value: self.events[e.value] for e in Event},
             "dropped_inputs": {r.value: self.dropped_inputs[r.value] for r in DropReason},
-            "assignment_lag_s": _summary(self.assignment_lags),
+            "bytes_received": {w.value: self.bytes_received[w.value] for w in Received},
+            "assignment_lag_s": self.assignment_lags.as_dict(),
         }
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0, "mean": 0.0, "max": 0.0}
-    return {"n": len(values), "mean": round(sum(values) / len(values), 4), "max": max(values)}
 
 
 def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
     """The sum of every counter over devices."""
     acks: Counter[str] = Counter()
     events: Counter[str] = Counter()
-    lags: list[float] = []
+    lags = Lags()
     dropped: Counter[str] = Counter()
+    received: Counter[str] = Counter()
     out: dict[str, Any] = {
         "devices": 0,
         "updates_sent": 0,
@@ -107,9 +147,11 @@ def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
         acks.update(s.acks)
         events.update(s.events)
         dropped.update(s.dropped_inputs)
-        lags.extend(s.assignment_lags)
+        received.update(s.bytes_received)
+        lags.merge(s.assignment_lags)
     out["acks"] = dict(sorted(acks.items()))
     out["events"] = {e.value: events[e.value] for e in Event}
     out["dropped_inputs"] = {r.value: dropped[r.value] for r in DropReason}
-    out["assignment_lag_s"] = _summary(lags)
+    out["bytes_received"] = {w.value: received[w.value] for w in Received}
+    out["assignment_lag_s"] = lags.as_dict()
     return out

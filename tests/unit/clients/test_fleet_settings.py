@@ -10,7 +10,7 @@ import pytest
 from clients.fleet import write_stats
 from clients.inbound import DropReason
 from clients.settings import FleetSettings
-from clients.stats import DeviceStats, Event, totals
+from clients.stats import DeviceStats, Event, Received, totals
 from fedmoe.cli import main
 from fedmoe.errors import SettingsError
 from fedmoe.settings import load_settings
@@ -86,8 +86,12 @@ def test_totals_sum_every_device() -> None:
     b.acks.update({"applied": 1, "duplicate": 1})
     b.rounds_trained = 1
     b.dropped(DropReason.LAYOUT)
-    a.assignment_lags.append(0.2)
-    b.assignment_lags.extend([0.4, 0.3])
+    a.assignment_lags.add(0.2)
+    b.assignment_lags.add(0.4)
+    b.assignment_lags.add(0.3)
+    a.received(Received.MODEL, 1000)
+    b.received(Received.MODEL, 500)
+    b.received(Received.CONTROL, 20)
     t = totals([a, b])
     assert t["devices"] == 2
     assert (t["updates_sent"], t["updates_acked"], t["resends"]) == (3, 2, 2)
@@ -96,6 +100,7 @@ def test_totals_sum_every_device() -> None:
     assert t["events"]["telemetry_sent"] == 3
     assert t["dropped_inputs"]["layout"] == 1
     assert t["assignment_lag_s"] == {"n": 3, "mean": pytest.approx(0.3), "max": 0.4}
+    assert t["bytes_received"] == {"model": 1500, "gate": 0, "control": 20, "dropped": 0}
     assert a.as_dict()["updates_sent"] == 2
     assert DeviceStats().as_dict()["assignment_lag_s"] == {"n": 0, "mean": 0.0, "max": 0.0}
 
