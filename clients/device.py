@@ -1,15 +1,19 @@
 """One simulated device: the round protocol's device side (step 5) over its MQTT link.
 
     RoundClosed(r)  → available in r+1 (scenario)?  no: DeviceStatus(offline, "unavailable")
-                                                     yes: wait for the parts at the round's
-                      versions, DeviceStatus(online) + Telemetry(round r+1) (with the losses
-                      of its last training, when no telemetry reported them yet)
-    Assignment(r)   → (once per round, never for a round already closed) wait for the parts at
-                      the assignment's versions, train_local (seeded as the simulation), wait
-                      out the simulated round time (× time_scale) from the round's open time,
-                      upload one ModelUpdate, resend it with the same ids every resend_s until
-                      every part has a final UpdateAck
-    PartVersion     → kept when newer (the model store); waiters are woken
+                                                     yes: wait for `shared` and every expert's
+                      gate row at the round's versions, DeviceStatus(online) + Telemetry(round
+                      r+1) (its routing histogram; the losses of its last training, when no
+                      telemetry reported them yet)
+    Assignment(r)   → (once per round, never for a round already closed) subscribe to the
+                      assigned experts' parts, wait for them at the assignment's versions,
+                      unsubscribe, train_local (seeded as the simulation), wait out the
+                      simulated round time (× time_scale) from the round's open time, upload
+                      one ModelUpdate, resend it with the same ids every resend_s until every
+                      part has a final UpdateAck
+    PartVersion     → kept when newer (the model store, the gate rows apart); waiters are woken
+
+So the downlink is `shared`, the gate rows and the assigned experts, not the whole model.
     UpdateAck       → bookkeeping of the pending update
 
 Incoming messages are handled one at a time and quickly; the waits and the training run in
@@ -27,12 +31,13 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from brokers.errors import BrokerError
 from brokers.settings import BrokerSettings
-from clients.inbound import Drop, Inbound, InboundFilter
+from clients.inbound import Drop, GateRow, Inbound, InboundFilter
 from clients.link import DeviceLink
 from clients.model_store import ModelStore, Offer, Readiness
 from clients.rounds import RoundBook, Take
@@ -89,8 +94,10 @@ class DeviceAgent:
         self._status_topic = table.mqtt(MqttTopic.STATUS, device=self.device)
         self._telemetry_topic = table.mqtt(MqttTopic.TELEMETRY, device=self.device)
         self._update_topic = table.mqtt(MqttTopic.UPDATE, device=self.device)
-        self._all_parts = part_ids(self._scenario.model)
-        self._store = ModelStore()
+        self._experts = [p for p in part_ids(self._scenario.model) if p != SHARED]
+        self._store = ModelStore()  # whole parts: `shared` and the experts assigned
+        self._gates = ModelStore()  # every expert's gate row
+        self._listeners: Counter[str] = Counter()  # rounds of work waiting per part topic
         self._model_changed = asyncio.Condition()
         self._rounds = RoundBook()
         # (round, online, reason) of the latest status: republished on reconnect, in the will.
@@ -247,8 +254,13 @@ class DeviceAgent:
         if isinstance(item, Drop):
             self.stats.dropped(item.reason)
             log.debug("%s: dropped %s: %s", self.device, item.reason, item.detail)
-        elif isinstance(item, PartVersion):
-            if self._store.offer(item) is Offer.NEWER:
+        elif isinstance(item, PartVersion | GateRow):
+            offered = (
+                self._store.offer(item)
+                if isinstance(item, PartVersion)
+                else self._gates.offer(item.version)
+            )
+            if offered is Offer.NEWER:
                 async with self._model_changed:
                     self._model_changed.notify_all()
         elif isinstance(item, RoundClosed):
@@ -312,25 +324,30 @@ class DeviceAgent:
     # -- work --------------------------------------------------------------------------------
 
     async def _wait_parts(
-        self, wanted: Mapping[str, int], parts: Sequence[str]
+        self, wanted: Mapping[str, int], parts: Sequence[str], gates: Sequence[str] = ()
     ) -> dict[str, PartTensors] | None:
-        """The tensors of `parts` at the `wanted` versions, once held (bounded wait)."""
+        """The tensors of `parts` (whole) and `gates` (gate rows only) at the `wanted`
+        versions, once held (bounded wait)."""
 
-        def settled() -> bool:
-            return self._store.readiness(wanted, parts) is not Readiness.WAITING
+        def readiness() -> Readiness:
+            whole = self._store.readiness(wanted, parts)
+            rows = self._gates.readiness(wanted, gates)
+            if Readiness.OUTDATED in (whole, rows):
+                return Readiness.OUTDATED
+            return Readiness.WAITING if Readiness.WAITING in (whole, rows) else Readiness.READY
 
         try:
             async with asyncio.timeout(self._settings.model_wait_s):
                 async with self._model_changed:
-                    await self._model_changed.wait_for(settled)
+                    await self._model_changed.wait_for(lambda: readiness() is not Readiness.WAITING)
         except TimeoutError:
             self.stats.count(Event.MODEL_TIMEOUT)
             log.warning("%s: parts %s not received in time", self.device, dict(wanted))
             return None
-        if self._store.readiness(wanted, parts) is Readiness.OUTDATED:
+        if readiness() is Readiness.OUTDATED:
             self.stats.count(Event.MODEL_OUTDATED)
             return None
-        return self._store.take(parts)
+        return {**self._gates.take(gates), **self._store.take(parts)}
 
     async def _announce_round(self, closed: RoundClosed) -> None:
         round_ = closed.round + 1
@@ -338,7 +355,7 @@ class DeviceAgent:
             self.stats.count(Event.UNAVAILABLE)
             await self._publish_status(round_, False, "unavailable")
             return
-        parts = await self._wait_parts(closed.model_versions, self._all_parts)
+        parts = await self._wait_parts(closed.model_versions, [SHARED], self._experts)
         if parts is None:
             await self._publish_status(round_, False, "no model")
             return
@@ -376,8 +393,18 @@ class DeviceAgent:
 
     async def _round_of_work(self, assignment: Assignment, started: float) -> None:
         experts = list(assignment.experts)
-        needed = [SHARED, *(expert_part_id(e) for e in experts)]
-        parts = await self._wait_parts(assignment.model_versions, needed)
+        assigned = [expert_part_id(e) for e in experts]
+        topics = [self._filter.part_topic(part) for part in assigned]
+        for topic in topics:  # the retained version comes with the subscription
+            self._listeners[topic] += 1
+            await self._link.subscribe(topic)
+        try:
+            parts = await self._wait_parts(assignment.model_versions, [SHARED, *assigned])
+        finally:
+            for topic in topics:
+                self._listeners[topic] -= 1
+                if not self._listeners[topic]:  # no other round of work waits on it
+                    await self._link.unsubscribe(topic)
         if parts is None:
             return
         result = self._world.train(self.index, assignment, parts)
@@ -433,4 +460,6 @@ def _carried(item: Inbound | Drop) -> Received:
         return Received.DROPPED
     if isinstance(item, PartVersion):
         return Received.MODEL
+    if isinstance(item, GateRow):
+        return Received.GATE
     return Received.CONTROL

@@ -1,7 +1,9 @@
 """What a device accepts from MQTT, pure: topic → expected message type → checks.
 
     {root}/round                 RoundClosed   (retained: the latest closed round)
-    {root}/model/{part}          PartVersion   (retained), part of this model, layout checked
+    {root}/model/{part}          PartVersion   (retained), part of this model, layout checked;
+                                 `shared` always, an expert's only while it is assigned
+    {root}/gate/{part}           GateRow       (retained) an expert part's gate row, checked
     {root}/{device}/assignment   Assignment    for this device, experts of this model
     {root}/{device}/ack          UpdateAck     for this device, a part of this model
 
@@ -12,18 +14,35 @@ and goes on. A device never crashes on what it receives.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from moe.errors import LayoutError
 from moe.model import MoEConfig
 from moe.parts import SHARED, check_part, expert_part_id, model_layout
+from moe.tensors import PartLayout
 from schemas import decode
 from schemas.errors import SchemaError
-from schemas.messages import Assignment, Message, PartVersion, RoundClosed, UpdateAck
+from schemas.messages import (
+    GATE_TENSORS,
+    Assignment,
+    Message,
+    PartVersion,
+    RoundClosed,
+    UpdateAck,
+)
 from schemas.topics import MqttTopic, TopicTable
 
-Inbound = RoundClosed | PartVersion | Assignment | UpdateAck
+
+@dataclass(frozen=True, slots=True)
+class GateRow:
+    """A part version that carries only its gate row (`PartVersion.gate_view`)."""
+
+    version: PartVersion
+
+
+Inbound = RoundClosed | PartVersion | GateRow | Assignment | UpdateAck
 
 
 class DropReason(StrEnum):
@@ -52,28 +71,48 @@ class InboundFilter:
     def __init__(self, table: TopicTable, device: str, model: MoEConfig) -> None:
         self._model = model
         self._device = device
+        self._table = table
         self._layout = model_layout(model)
+        self._gate_layout: dict[str, PartLayout] = {
+            part: {name: specs[name] for name in GATE_TENSORS}
+            for part, specs in self._layout.items()
+            if all(name in specs for name in GATE_TENSORS)
+        }
         self._round = table.mqtt(MqttTopic.ROUND)
         self._model_prefix = table.mqtt(MqttTopic.MODEL, part="")
+        self._gate_prefix = table.mqtt(MqttTopic.GATE, part="")
         self._assignment = table.mqtt(MqttTopic.ASSIGNMENT, device=device)
         self._ack = table.mqtt(MqttTopic.ACK, device=device)
+        # What every device always listens to; an assigned expert's `model` topic is added
+        # for the round (`part_topic`).
         self.subscriptions = [
             self._round,
-            table.mqtt(MqttTopic.MODEL),
+            self.part_topic(SHARED),
+            table.mqtt(MqttTopic.GATE),
             self._assignment,
             self._ack,
         ]
+
+    def part_topic(self, part: str) -> str:
+        """The retained topic of `part`'s whole versions."""
+        return self._table.mqtt(MqttTopic.MODEL, part=part)
 
     def classify(self, topic: str, payload: bytes) -> Inbound | Drop:
         """The message to act on, or why not."""
         expected: type[Message]
         part = ""
+        layout: Mapping[str, PartLayout] = self._layout
         if topic == self._round:
             expected = RoundClosed
         elif topic.startswith(self._model_prefix):
             expected, part = PartVersion, topic[len(self._model_prefix) :]
             if part not in self._layout:
                 return Drop(DropReason.UNKNOWN_PART, f"{topic[:80]!r}")
+        elif topic.startswith(self._gate_prefix):
+            expected, part = PartVersion, topic[len(self._gate_prefix) :]
+            if part not in self._gate_layout:
+                return Drop(DropReason.UNKNOWN_PART, f"{topic[:80]!r}")
+            layout = self._gate_layout
         elif topic == self._assignment:
             expected = Assignment
         elif topic == self._ack:
@@ -89,7 +128,10 @@ class InboundFilter:
         if isinstance(message, RoundClosed):
             return message
         if isinstance(message, PartVersion):
-            return self._part_version(message, part)
+            checked = self._part_version(message, part, layout)
+            if layout is self._gate_layout and isinstance(checked, PartVersion):
+                return GateRow(checked)
+            return checked
         if message.device_id != self._device:
             return Drop(DropReason.OTHER_DEVICE, f"for {message.device_id!r}")
         if isinstance(message, Assignment):
@@ -100,13 +142,15 @@ class InboundFilter:
             return message
         return Drop(DropReason.WRONG_TYPE, f"{type(message).__name__}")  # not reached
 
-    def _part_version(self, message: PartVersion, part: str) -> PartVersion | Drop:
+    def _part_version(
+        self, message: PartVersion, part: str, layout: Mapping[str, PartLayout]
+    ) -> PartVersion | Drop:
         if message.part != part:
             return Drop(DropReason.UNKNOWN_PART, f"{message.part!r} on the topic of {part!r}")
         if message.layout_version != self._model.layout_version:
             return Drop(DropReason.LAYOUT, f"layout_version {message.layout_version}")
         try:
-            check_part(part, message.tensors, self._layout, require_finite=True)
+            check_part(part, message.tensors, layout, require_finite=True)
         except LayoutError as exc:
             return Drop(DropReason.LAYOUT, str(exc))
         return message

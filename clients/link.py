@@ -13,6 +13,9 @@
   publishes are complete when the broker's PUBACK arrived.
 - Retained messages (the model parts, the latest round) come on the first connection of the
   process; a reconnect keeps the session's subscriptions and does not fetch them again.
+- `subscribe` / `unsubscribe` change the subscriptions while the link runs (a device listens
+  to an assigned expert's part only for its round): at once when connected, else on the next
+  connection (an unsubscribe the session still holds is sent then too).
 - Incoming messages are handed to `handle` in arrival order, one at a time; aiomqtt has already
   PUBACKed them (the device's state lives in this process, so a dropped connection loses none).
 
@@ -63,6 +66,7 @@ class DeviceLink:
         self._timeout = broker.request_timeout_s
         self.client_id = client_id
         self._subscriptions = list(subscriptions)
+        self._unsubscribe_later: set[str] = set()  # dropped while away: still in the session
         self._will = will
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
@@ -114,8 +118,10 @@ class DeviceLink:
         except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
             raise translate(exc, f"{self.client_id}: connect") from exc
         try:
-            for topic_filter in self._subscriptions:
+            for topic_filter in list(self._subscriptions):
                 await self._subscribe(client, topic_filter)
+            for topic_filter in list(self._unsubscribe_later):
+                await self._unsubscribe(client, topic_filter)
             self._client = client
             self._connected.set()
             self._was_connected = True
@@ -154,6 +160,40 @@ class DeviceLink:
         codes = [getattr(code, "value", code) for code in granted]
         if any(not isinstance(c, int) or c >= 0x80 for c in codes):
             raise BrokerError(f"{self.client_id}: subscribe {topic_filter} refused ({granted})")
+
+    async def _unsubscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        try:
+            await client.unsubscribe(topic_filter, timeout=self._timeout)
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise translate(exc, f"{self.client_id}: unsubscribe {topic_filter}") from exc
+        self._unsubscribe_later.discard(topic_filter)
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Add a subscription (its retained message comes with it). Sent now when connected,
+        else on the next connection; a failure here is left to that reconnect."""
+        self._unsubscribe_later.discard(topic_filter)
+        if topic_filter in self._subscriptions:
+            return
+        self._subscriptions.append(topic_filter)
+        client = self._client
+        if client is not None:
+            try:
+                await self._subscribe(client, topic_filter)
+            except BrokerError as exc:
+                log.debug("%s: %s (again on reconnect)", self.client_id, exc)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Drop a subscription: now when connected, else on the next connection."""
+        if topic_filter not in self._subscriptions:
+            return
+        self._subscriptions.remove(topic_filter)
+        self._unsubscribe_later.add(topic_filter)
+        client = self._client
+        if client is not None:
+            try:
+                await self._unsubscribe(client, topic_filter)
+            except BrokerError as exc:
+                log.debug("%s: %s (again on reconnect)", self.client_id, exc)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool, within_s: float) -> None:
         """Publish QoS 1 and wait for the broker's PUBACK, waiting up to `within_s` for a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +30,9 @@ UPDATE_STATUSES = frozenset({"applied", "duplicate", "late", "rejected"})
 # ProfileSnapshot.pending_outcome: no verdict yet, an update applied, or one late / rejected.
 PENDING_OUTCOMES = frozenset({"", "applied", "missed"})
 MAX_HANDLED_OFFSETS = 64  # input partitions a ProfileSnapshot records offsets for
+# An expert part's gate row: what a device needs of every expert to route its data (its
+# routing histogram), while it downloads whole only the experts it was assigned.
+GATE_TENSORS = ("gate.weight", "gate.bias")
 
 
 def _check(cond: bool, cls: str, what: str) -> None:
@@ -287,6 +290,13 @@ class PartVersion(Message):
         _check(_is_int(self.contributors) and self.contributors >= 0, n, "contributors >= 0")
         _check(_finite(self.samples) and self.samples >= 0, n, "samples >= 0")
         _check_tensors(n, self.tensors, finite=True)
+
+    def gate_view(self) -> PartVersion | None:
+        """This version with only its gate row (`GATE_TENSORS`), or None for a part without
+        one (``shared``). Same id, part and version: it is a view of this message."""
+        if not all(name in self.tensors for name in GATE_TENSORS):
+            return None
+        return replace(self, tensors={name: self.tensors[name] for name in GATE_TENSORS})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -59,11 +59,12 @@ class MqttTopic(StrEnum):
     ASSIGNMENT = "{root}/{device}/assignment"  # gateway → device, QoS 1
     ACK = "{root}/{device}/ack"  # gateway → device, QoS 1
     MODEL = "{root}/model/{part}"  # gateway → devices, QoS 1, retained
+    GATE = "{root}/gate/{part}"  # gateway → devices, QoS 1, retained: an expert's gate row
     ROUND = "{root}/round"  # gateway → devices, QoS 1, retained: the latest RoundClosed
 
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-RESERVED_DEVICE_IDS = frozenset({"model", "+", "#"})
+RESERVED_DEVICE_IDS = frozenset({"model", "gate", "+", "#"})
 
 
 def valid_segment(value: str) -> bool:

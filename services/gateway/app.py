@@ -75,7 +75,7 @@ class MqttPublisher(Protocol):
 
 
 class EgressHandler:
-    """Kafka → MQTT: publish each record's bytes where `route_outbound` says; no Kafka output.
+    """Kafka → MQTT: publish each record where `route_outbound` says; no Kafka output.
 
     The runtime commits the record's offset only after this returned, i.e. after the QoS 1
     publish was acknowledged by the MQTT broker; a failed publish (`BrokerUnavailable`,
@@ -97,8 +97,10 @@ class EgressHandler:
         if isinstance(decision, Skip):
             self._metrics.inc(Outcome.SKIPPED)
             return []
-        await self._publisher.publish(decision.topic, record.raw, qos=1, retain=decision.retain)
-        self._metrics.inc(Outcome.PUBLISHED)
+        for publish in decision:
+            payload = record.raw if publish.payload is None else publish.payload
+            await self._publisher.publish(publish.topic, payload, qos=1, retain=publish.retain)
+            self._metrics.inc(Outcome.PUBLISHED)
         return []
 
 

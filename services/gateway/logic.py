@@ -18,6 +18,8 @@ goes:
     assignments  Assignment   → {root}/{device}/assignment   QoS 1
     acks         UpdateAck    → {root}/{device}/ack          QoS 1
     model        PartVersion  → {root}/model/{part}          QoS 1, retained
+                              + {root}/gate/{part}           QoS 1, retained: an expert part's
+                                                             gate row alone (`gate_view`)
     rounds       RoundClosed  → {root}/round                 QoS 1, retained (the latest one)
     rounds       anything else (RoundOpened, PartClosed): `Skip`, the services' own business
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas import decode
+from schemas import decode, encode
 from schemas.errors import OversizeError, SchemaError
 from schemas.limits import MAX_ID_CHARS, MAX_MESSAGE_BYTES
 from schemas.messages import (
@@ -156,10 +158,11 @@ def route_inbound(table: TopicTable, topic: str, payload: bytes) -> Forward | Re
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish the record's bytes on `topic` (QoS 1), retained or not."""
+    """Publish on `topic` (QoS 1), retained or not: `payload`, or the record's own bytes."""
 
     topic: str
     retain: bool
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +174,27 @@ class Skip:
 
 def route_outbound(
     table: TopicTable, kafka_topic: str, message: Message
-) -> Publish | Skip | Reject:
-    """Where a record read from `assignments`, `acks`, `model` or `rounds` goes on MQTT."""
+) -> list[Publish] | Skip | Reject:
+    """Where a record read from `assignments`, `acks`, `model` or `rounds` goes on MQTT.
+
+    A part version goes out whole and, for an expert part, as its gate row too: a device
+    routes its data with every expert's gate row but downloads whole only the experts it was
+    assigned (it subscribes to their `model` topics for the round).
+    """
     if kafka_topic == table.name(Topic.ROUNDS):
         # The rounds topic also carries RoundOpened / PartClosed: valid, just not for devices.
         if not isinstance(message, RoundClosed):
             return Skip(f"{type(message).__name__} stays on Kafka")
-        return Publish(table.mqtt(MqttTopic.ROUND), retain=True)
+        return [Publish(table.mqtt(MqttTopic.ROUND), retain=True)]
     if kafka_topic == table.name(Topic.MODEL):
         if not isinstance(message, PartVersion):
             return Reject(f"{type(message).__name__} on model", "WrongMessageType")
-        return Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)
+        publishes = [Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)]
+        gate = message.gate_view()
+        if gate is not None:
+            topic = table.mqtt(MqttTopic.GATE, part=message.part)
+            publishes.append(Publish(topic, retain=True, payload=encode(gate)))
+        return publishes
     pattern: MqttTopic
     if kafka_topic == table.name(Topic.ASSIGNMENTS):
         expected: type[Message] = Assignment
@@ -196,4 +209,4 @@ def route_outbound(
     device = message.device_id
     if device in RESERVED_DEVICE_IDS or not valid_segment(device):
         return Reject(f"device id {device!r} cannot be an MQTT topic segment", "BadDeviceId")
-    return Publish(table.mqtt(pattern, device=device), retain=False)
+    return [Publish(table.mqtt(pattern, device=device), retain=False)]

@@ -37,7 +37,8 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.topics import MqttTopic, TopicTable
+from schemas.topics import MqttTopic, Topic, TopicTable
+from services.gateway.logic import route_outbound
 
 # Seed 1 with 6 devices: devices 3, 4, 5 are online in round 1, 0, 1, 2 are not.
 SCENARIO = ScenarioSettings(devices=6, experts=4, seed=1, time_scale=0.2)
@@ -95,7 +96,12 @@ class GatewaySide:
                 timestamp=time.time(), part=part, version=version, layout_version=1,
                 tensors=tensors,
             )  # fmt: skip
-            await self.publish(self.table.mqtt(MqttTopic.MODEL, part=part), message, retain=True)
+            # Where the gateway puts it: the whole part, and an expert's gate row apart.
+            publishes = route_outbound(self.table, self.table.name(Topic.MODEL), message)
+            assert isinstance(publishes, list)
+            for out in publishes:
+                payload = encode(message) if out.payload is None else out.payload
+                await self._client.publish(out.topic, payload, qos=1, retain=True, timeout=10)
 
     async def round_closed(self, round_: int, versions: dict[str, int]) -> None:
         message = RoundClosed(
@@ -234,7 +240,7 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
             part="expert-1", version=9, layout_version=1,
             tensors={"fc1.weight": np.zeros((2, 2), dtype=np.float32)},
         )  # fmt: skip
-        await side.publish(table.mqtt(MqttTopic.MODEL, part="expert-1"), bad_part)
+        await side.publish(table.mqtt(MqttTopic.GATE, part="expert-1"), bad_part)
         await until(
             lambda: sum(agent_a.stats.dropped_inputs.values()) >= 3, 10, "bad inputs counted"
         )

@@ -130,8 +130,9 @@ async def test_devices_train_behind_the_gateway(broker: BrokerSettings, namespac
     assert metrics.get(Outcome.SKIPPED) == 1  # the PartClosed: valid, not for devices
     assert metrics.get(Outcome.DEAD_LETTERED) == 0
     assert not letters.messages
-    # Published to devices: every part, the round, the assignment and the three acks.
-    assert metrics.get(Outcome.PUBLISHED) == len(model) + 1 + 1 + 3
+    # Published to devices: every part, each expert's gate row (all but `shared`), the round,
+    # the assignment and the three acks.
+    assert metrics.get(Outcome.PUBLISHED) == len(model) + (len(model) - 1) + 1 + 1 + 3
     stats = fleet.stats()["totals"]
     assert stats["updates_sent"] == 3
     assert stats["updates_acked"] == 3

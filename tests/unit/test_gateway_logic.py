@@ -194,13 +194,16 @@ def test_route_outbound() -> None:
         version=7, layout_version=1, tensors={"w": np.zeros(3, dtype=np.float32)},
     )  # fmt: skip
     name = TABLE.name
-    assert route_outbound(TABLE, name(Topic.ASSIGNMENTS), assignment) == Publish(
-        "fleet/dev-9/assignment", retain=False
-    )
-    assert route_outbound(TABLE, name(Topic.ACKS), ack) == Publish("fleet/dev-9/ack", retain=False)
-    assert route_outbound(TABLE, name(Topic.MODEL), version) == Publish(
-        "fleet/model/expert-3", retain=True
-    )
+    assert route_outbound(TABLE, name(Topic.ASSIGNMENTS), assignment) == [
+        Publish("fleet/dev-9/assignment", retain=False)
+    ]
+    assert route_outbound(TABLE, name(Topic.ACKS), ack) == [
+        Publish("fleet/dev-9/ack", retain=False)
+    ]
+    # A part without a gate row (here: none of the gate tensors) goes out whole only.
+    assert route_outbound(TABLE, name(Topic.MODEL), version) == [
+        Publish("fleet/model/expert-3", retain=True)
+    ]
     wrong = route_outbound(TABLE, name(Topic.ACKS), assignment)
     assert isinstance(wrong, Reject)
     assert wrong.error == "WrongMessageType"
@@ -216,6 +219,28 @@ def test_route_outbound() -> None:
     assert bad.error == "BadDeviceId"
 
 
+def test_an_expert_part_goes_out_whole_and_as_its_gate_row() -> None:
+    tensors = {
+        "fc1.weight": np.ones((64, 3), dtype=np.float32),
+        "gate.weight": np.full(3, 0.5, dtype=np.float32),
+        "gate.bias": np.zeros(1, dtype=np.float32),
+    }
+    version = PartVersion(
+        message_id="v", device_id="aggregator", round=1, timestamp=1.0, part="expert-3",
+        version=7, layout_version=1, tensors=tensors, contributors=2, samples=9.0,
+    )  # fmt: skip
+    whole, gate = route_outbound(TABLE, TABLE.name(Topic.MODEL), version)  # type: ignore[misc]
+    assert whole == Publish("fleet/model/expert-3", retain=True)
+    assert (gate.topic, gate.retain) == ("fleet/gate/expert-3", True)
+    assert gate.payload is not None
+    row = decode(gate.payload)
+    assert isinstance(row, PartVersion)
+    assert (row.message_id, row.part, row.version, row.contributors) == ("v", "expert-3", 7, 2)
+    assert set(row.tensors) == {"gate.weight", "gate.bias"}
+    np.testing.assert_array_equal(row.tensors["gate.weight"], tensors["gate.weight"])
+    assert len(gate.payload) < len(encode(version)) / 2
+
+
 def round_closed(round_: int = 3) -> RoundClosed:
     return RoundClosed(
         message_id=f"rc-{round_}", device_id="matcher", round=round_, timestamp=1.0,
@@ -225,7 +250,7 @@ def round_closed(round_: int = 3) -> RoundClosed:
 
 def test_round_closed_goes_out_retained_and_other_round_events_are_skipped() -> None:
     rounds = TABLE.name(Topic.ROUNDS)
-    assert route_outbound(TABLE, rounds, round_closed()) == Publish("fleet/round", retain=True)
+    assert route_outbound(TABLE, rounds, round_closed()) == [Publish("fleet/round", retain=True)]
     opened = RoundOpened(
         message_id="ro", device_id="matcher", round=4, timestamp=1.0, deadline=9.0,
         strategy="fitness", devices=2, expected_parts={"shared": 2}, model_versions={},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.inbound import Drop, DropReason, InboundFilter
+from clients.inbound import Drop, DropReason, GateRow, InboundFilter
 from moe.parts import SHARED
 from schemas import DeviceStatus, PartVersion, RoundClosed, encode
 from schemas.limits import MAX_MESSAGE_BYTES
@@ -27,13 +27,39 @@ def round_closed(round_: int = 2) -> RoundClosed:
     )  # fmt: skip
 
 
-def test_subscriptions_are_the_round_the_model_and_its_own_topics() -> None:
+def test_subscriptions_are_the_round_shared_the_gate_rows_and_its_own_topics() -> None:
     assert FILTER.subscriptions == [
         "fleet/round",
-        "fleet/model/+",
+        "fleet/model/shared",
+        "fleet/gate/+",
         "fleet/dev-00003/assignment",
         "fleet/dev-00003/ack",
     ]
+    assert FILTER.part_topic("expert-2") == "fleet/model/expert-2"
+
+
+def test_a_gate_row_is_its_parts_gate_tensors_only() -> None:
+    version = part_version("expert-2", 4, INITIAL["expert-2"])
+    gate = version.gate_view()
+    assert gate is not None
+    got = FILTER.classify("fleet/gate/expert-2", encode(gate))
+    assert isinstance(got, GateRow)
+    assert (got.version.part, got.version.version) == ("expert-2", 4)
+    assert set(got.version.tensors) == {"gate.weight", "gate.bias"}
+    np.testing.assert_array_equal(
+        got.version.tensors["gate.weight"], version.tensors["gate.weight"]
+    )
+    # A whole part on the gate topic, a gate row on the part topic, a gate of `shared`: drops.
+    whole = FILTER.classify("fleet/gate/expert-2", encode(version))
+    assert isinstance(whole, Drop)
+    assert whole.reason is DropReason.LAYOUT
+    partial = FILTER.classify("fleet/model/expert-2", encode(gate))
+    assert isinstance(partial, Drop)
+    assert partial.reason is DropReason.LAYOUT
+    shared = part_version(SHARED, 4, INITIAL[SHARED])
+    no_gate = FILTER.classify("fleet/gate/shared", encode(shared))
+    assert isinstance(no_gate, Drop)
+    assert no_gate.reason is DropReason.UNKNOWN_PART
 
 
 def test_accepted_messages() -> None:
@@ -107,7 +133,8 @@ def test_bad_input_is_a_drop_with_a_reason(
 
 def test_random_bytes_never_raise() -> None:
     rng = np.random.default_rng(0)
-    topics = [*FILTER.subscriptions[:1], "fleet/model/shared", *FILTER.subscriptions[2:]]
+    topics = [t.replace("+", "expert-1") for t in FILTER.subscriptions]
     for _ in range(300):
         payload = rng.integers(0, 256, size=int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
-        assert isinstance(FILTER.classify(topics[int(rng.integers(0, 4))], payload), Drop)
+        topic = topics[int(rng.integers(0, len(topics)))]
+        assert isinstance(FILTER.classify(topic, payload), Drop)
