@@ -16,11 +16,8 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from clients.settings import FleetSettings
 from clients.stats import totals
 from clients.world import FleetWorld
 from fedmoe.scenario import ScenarioSettings
+from fedmoe.signals import stop_on_signals
 from moe.scenario import Scenario, build_scenario
 from moe.training import single_threaded_blas
 
@@ -143,19 +141,6 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-@contextmanager
-def _stop_on_signals(fleet: Fleet) -> Iterator[None]:
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, fleet.stop)
-    try:
-        yield
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
 def write_stats(path: Path, stats: dict[str, Any]) -> None:
     """Write `stats` as JSON atomically (temporary file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +168,7 @@ async def run_fleet(
         broker.mqtt_root,
     )
     try:
-        with _stop_on_signals(fleet):
+        with stop_on_signals(fleet.stop):
             await fleet.run()
     finally:
         stats = fleet.stats()

@@ -38,6 +38,7 @@ from brokers.local import LocalBrokers
 from brokers.settings import BrokerSettings, LocalBrokerSettings
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.settings import add_arguments, from_args
+from fedmoe.signals import stop_on_signals
 from schemas.topics import MqttTopic, Topic
 
 log = logging.getLogger("fedmoe.brokers")
@@ -98,10 +99,12 @@ async def topics(settings: BrokerSettings, timeout_s: float) -> int:
 
 async def up(settings: LocalBrokerSettings) -> int:
     """Run both brokers until a stop signal (0) or until one of them dies (1)."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in _STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+    with stop_on_signals(stop.set, _STOP_SIGNALS):
+        return await _serve(settings, stop)
+
+
+async def _serve(settings: LocalBrokerSettings, stop: asyncio.Event) -> int:
     try:
         async with LocalBrokers(settings) as brokers:
             assert brokers.tansu is not None
@@ -137,9 +140,6 @@ async def up(settings: LocalBrokerSettings) -> int:
     except FedMoEError as exc:
         print(f"fedmoe brokers: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for sig in _STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
 
 
 async def kafka_roundtrip(settings: BrokerSettings, timeout_s: float) -> float:

@@ -17,6 +17,7 @@ plus a dependency tree (pydantic, fast-depends) the project does not carry; here
 1,000 lines, each decision unit-tested against in-memory fakes.
 """
 
+from fedmoe.signals import stop_on_signals
 from services.handler import Checkpointer, Handler, InboundRecord, Outbound, Ticker
 from services.runtime.delivery import Backoff, Delivery, EncodedRecord, encode_outbound
 from services.runtime.loop import ConsumeLoop
@@ -24,7 +25,6 @@ from services.runtime.service import (
     ConsumerFactory,
     ServiceRuntime,
     run_until_stopped,
-    stop_on_signals,
 )
 from services.runtime.settings import RuntimeSettings
 

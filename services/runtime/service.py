@@ -17,17 +17,16 @@ from `__aexit__` as itself (not wrapped in an ExceptionGroup).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Self
 
 from brokers.kafka import Consumer, KafkaConsumer, KafkaProducer, Producer, RebalanceListener
 from brokers.settings import BrokerSettings
+from fedmoe.signals import stop_on_signals
 from schemas.topics import Topic
 from services.handler import Handler
 from services.metrics import ServiceMetrics, log_periodically
@@ -188,21 +187,6 @@ class ServiceRuntime:
             raise
         finally:
             log.info("%s: stopped; %s", self.name, self.metrics.log_line())
-
-
-@contextlib.contextmanager
-def stop_on_signals(
-    stop: Callable[[], None], signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
-) -> Iterator[None]:
-    """Call `stop` on SIGTERM / SIGINT while the block runs (asyncio signal handlers)."""
-    loop = asyncio.get_running_loop()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop)
-    try:
-        yield
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
 
 
 async def run_until_stopped(runtime: ServiceRuntime) -> None:
