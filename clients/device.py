@@ -12,9 +12,9 @@
                       one ModelUpdate, resend it with the same ids every resend_s until every
                       part has a final UpdateAck
     PartVersion     → kept when newer (the model store, the gate rows apart); waiters are woken
+    UpdateAck       → bookkeeping of the pending update
 
 So the downlink is `shared`, the gate rows and the assigned experts, not the whole model.
-    UpdateAck       → bookkeeping of the pending update
 
 Incoming messages are handled one at a time and quickly; the waits and the training run in
 named tasks of the agent's TaskGroup, cancelled when it stops. Inputs that fail the checks of

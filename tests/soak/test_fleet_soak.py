@@ -6,6 +6,8 @@ twice, nothing dead-lettered, no process left behind.
 Measured here (2 cores, one fleet process, time scale 1): 1,000 devices, 3 rounds in 61 s,
 1,229 part updates applied = acked, but 56% of them late: one process cannot train and
 upload ~330 devices' updates inside a 1.5 s deadline, so the default soak slows time down.
+With the defaults below (time scale 4, drop probability 0.05): 10 rounds in 219 s, 9,272
+part updates applied = acked, 64 late, 0 dead letters, 510 simulated drops all reconnected.
 """
 
 from __future__ import annotations
