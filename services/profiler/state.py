@@ -35,8 +35,8 @@ none it did not report yet). Known limit: a verdict read after the telemetry of 
 finds its round folded as not completed, and is counted `stale`: topics are read independently
 (the acks partition lagging, e.g. in a backlog after a restart). Within one fetch the runtime
 hands records out in production order (`brokers.kafka.in_production_order`), so an ack produced
-before the telemetry is folded first; without that, a local demo read a device's telemetry
-before its acks once in five rounds (3 stale verdicts, parity with the simulation lost).
+before the telemetry is folded first; without that, one 5-round e2e demo read a device's
+telemetry before its acks (3 stale verdicts, parity with the simulation lost).
 
 Redelivery: `handled` keeps the last handled offset per input "topic/partition"; a record at or
 below it was folded already (its effect is in the changelog) and changes nothing. One device's
