@@ -89,9 +89,11 @@ class LaunchedBroker(abc.ABC):
         if self.running:
             raise BrokerLaunchError(f"{self.name} already running on port {self.port}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        attempts = _AUTO_PORT_ATTEMPTS if self._auto_port else 1
+        # Only the first start may move to another free port: a port picked once is kept, as
+        # a restart must come back where clients (and their persistent sessions) expect it.
+        attempts = _AUTO_PORT_ATTEMPTS if self._auto_port and not self.port else 1
         for attempt in range(1, attempts + 1):
-            if self._auto_port and (attempt > 1 or not self.port):
+            if not self.port or attempt > 1:
                 self.port = free_port()
             try:
                 await self._start_once()
