@@ -48,7 +48,7 @@ from clients.world import FleetWorld, status
 from moe.parts import SHARED, expert_part_id, part_ids
 from moe.scenario import device_id
 from moe.tensors import PartTensors
-from moe.wire import reported_losses
+from moe.wire import LossReport, loss_report
 from schemas import encode
 from schemas.messages import Assignment, PartVersion, RoundClosed, UpdateAck
 from schemas.topics import MqttTopic
@@ -106,7 +106,7 @@ class DeviceAgent:
         # training's losses are reported once, so the profiler folds every loss it gets into
         # the round the device was assigned last (late or not) and none into a round the
         # device did not train in (as the in-process simulation does).
-        self._losses: dict[str, float] = {}
+        self._losses = LossReport()
         self._pending: dict[str, PendingUpdate] = {}
         self._acked: dict[str, asyncio.Event] = {}
         self._updates: set[str] = set()  # update ids of this run (acks of others are strays)
@@ -365,7 +365,7 @@ class DeviceAgent:
             parts,
             round_=round_,
             gate_version=closed.round,
-            expert_loss=losses,
+            losses=losses,
             timestamp=self._clock(),
         )
         if not await self._publish_status(round_, True, "available"):
@@ -379,7 +379,7 @@ class DeviceAgent:
         if sent:
             self.stats.count(Event.TELEMETRY_SENT)
             if self._losses is losses:  # not replaced by a newer training meanwhile
-                self._losses = {}
+                self._losses = LossReport()
 
     async def _train_and_upload(self, assignment: Assignment, started: float) -> None:
         self._busy += 1
@@ -409,15 +409,15 @@ class DeviceAgent:
             return
         result = self._world.train(self.index, assignment, parts)
         self.stats.rounds_trained += 1
-        self._losses = {expert_part_id(e): v for e, v in reported_losses(result).items()}
+        self._losses = loss_report(result)
         # The simulated device is busy for its round time (download, compute, upload).
         loop = asyncio.get_running_loop()
-        busy_until = started + self._world.round_wall_s(self.index, experts)
+        busy_until = started + self._world.round_wall_s(self.index, experts, assignment.round)
         await asyncio.sleep(max(busy_until - loop.time(), 0.0))
         update = build_update(
             result,
             assignment,
-            train_seconds=self._scenario.round_time_s(self.index, experts),
+            train_seconds=self._scenario.round_time_s(self.index, experts, assignment.round),
             timestamp=self._clock(),
         )
         await self._upload(PendingUpdate(update, encode(update)))

@@ -2,7 +2,7 @@
 
 - availability: device i takes part in round r iff i is in `scenario.online(r)`, exactly as in
   the in-process simulation (computed once per round for the whole fleet process);
-- simulated round time: `scenario.round_time_s(i, experts)` simulated seconds, times the run's
+- simulated round time: `scenario.round_time_s(i, experts, r)` simulated seconds, times the run's
   `time_scale` in wall seconds, counted from the round's open time (the assignment's
   timestamp): that round time already includes moving the parts, so the bus's own delivery
   delay (measured ~0.25-0.4 s from open to arrival in a local demo, a fifth of the default
@@ -25,6 +25,7 @@ import numpy as np
 from moe.scenario import Scenario, derived_seed, device_id
 from moe.tensors import PartTensors
 from moe.training import LocalResult, train_local
+from moe.wire import LossReport
 from schemas.messages import Assignment, DeviceStatus, Telemetry
 
 # Purpose word of the drop draws' derived seeds (moe.scenario uses 1..3 for its own).
@@ -49,9 +50,9 @@ class FleetWorld:
         """Whether `device` is online in `round_`."""
         return device in self._online(round_)
 
-    def round_wall_s(self, device: int, experts: Sequence[int]) -> float:
-        """Wall seconds `device` takes for a round training `experts` (simulated × scale)."""
-        return self.scenario.round_time_s(device, experts) * self.time_scale
+    def round_wall_s(self, device: int, experts: Sequence[int], round_: int) -> float:
+        """Wall seconds `device` takes for `round_` training `experts` (simulated × scale)."""
+        return self.scenario.round_time_s(device, experts, round_) * self.time_scale
 
     def delivery_lag_s(self, opened_at: float, now: float) -> float:
         """Wall seconds since a round opened at `opened_at` (an assignment's timestamp), as
@@ -101,11 +102,11 @@ class FleetWorld:
         *,
         round_: int,
         gate_version: int,
-        expert_loss: Mapping[str, float],
+        losses: LossReport,
         timestamp: float,
     ) -> Telemetry:
         """`device`'s report for `round_` under the model `parts` (every part's gate row)."""
-        reading = self.scenario.telemetry(device, {p: dict(t) for p, t in parts.items()})
+        reading = self.scenario.telemetry(device, {p: dict(t) for p, t in parts.items()}, round_)
         return Telemetry(
             message_id=f"tm-{reading.device_id}-r{round_}",
             device_id=reading.device_id,
@@ -119,7 +120,9 @@ class FleetWorld:
             num_samples=reading.num_samples,
             routing_histogram=reading.routing_histogram,
             gate_version=gate_version,
-            expert_loss=dict(expert_loss),
+            expert_loss=dict(losses.expert_loss),
+            data_loss=losses.data_loss,
+            expert_data_loss=dict(losses.expert_data_loss),
         )
 
 

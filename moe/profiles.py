@@ -100,6 +100,8 @@ class ClientProfile:
         expert_quality: Q(c, e) by expert index, EWMA of exp(−β·loss); absent = never measured.
         expert_trials: rounds in which the device reported a loss for each expert (the UCB
             exploration count of the fitness score); absent = never tried.
+        data_loss: latest reported RMS loss of its data under the global model (None: never).
+        expert_data_loss: latest reported RMS loss per expert of the samples routed to it.
     """
 
     device_id: str
@@ -119,6 +121,8 @@ class ClientProfile:
     routing_histogram: tuple[float, ...] = ()
     expert_quality: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
     expert_trials: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+    data_loss: float | None = None
+    expert_data_loss: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def affinity(self, num_experts: int) -> tuple[float, ...]:
         """A(c, ·): the routing histogram normalised to fractions, padded/cut to `num_experts`.
@@ -236,6 +240,8 @@ def fold_round_outcome(
     assigned: bool,
     completed_in_time: bool,
     expert_losses: Mapping[int, float],
+    data_loss: float | None = None,
+    expert_data_loss: Mapping[int, float] | None = None,
     alpha: float = 0.3,
     beta: float = 1.0,
 ) -> ClientProfile:
@@ -249,6 +255,9 @@ def fold_round_outcome(
             assigned).
         expert_losses: mean local loss of the samples routed to each expert it trained; each
             becomes the measurement `exp(−β·loss)` of Q(c, e). Experts not in it keep their Q.
+        data_loss: RMS per-sample loss of the device's data under the global model it started
+            from (before training): replaces the profile's (None keeps it).
+        expert_data_loss: the same per trained expert (samples its masked gate routed there).
         alpha: EWMA weight of this round's completion and quality measurements.
         beta: loss scale of the quality measurement (β = 1 maps a loss of 0.7 to ≈ 0.5).
 
@@ -260,6 +269,14 @@ def fold_round_outcome(
         raise ValueError(f"beta must be > 0, got {beta!r}")
     quality = dict(profile.expert_quality)
     trials = dict(profile.expert_trials)
+    pre = dict(profile.expert_data_loss)
+    for expert, loss in (expert_data_loss or {}).items():
+        if not (expert >= 0 and math.isfinite(loss) and loss >= 0):
+            raise ValueError(f"data loss of expert {expert} must be finite and >= 0, got {loss!r}")
+        pre[expert] = loss
+    if data_loss is not None and not (math.isfinite(data_loss) and data_loss >= 0):
+        raise ValueError(f"data_loss must be finite and >= 0, got {data_loss!r}")
+    measured_loss = profile.data_loss if data_loss is None else data_loss
     for expert, loss in expert_losses.items():
         if expert < 0:
             raise ValueError(f"expert index must be >= 0, got {expert}")
@@ -274,6 +291,8 @@ def fold_round_outcome(
             profile,
             expert_quality=_frozen_map(quality),
             expert_trials=MappingProxyType(trials),
+            data_loss=measured_loss,
+            expert_data_loss=_frozen_map(pre),
         )
     return replace(
         profile,
@@ -283,6 +302,8 @@ def fold_round_outcome(
         last_round=max(profile.last_round, round),
         expert_quality=_frozen_map(quality),
         expert_trials=MappingProxyType(trials),
+        data_loss=measured_loss,
+        expert_data_loss=_frozen_map(pre),
     )
 
 

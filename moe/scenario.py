@@ -12,13 +12,21 @@ depend on what was asked before: `SeedSequence([seed, purpose, round, device])`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
 
 from moe.data import REGIMES, FederatedData, Regime, make_regime
+from moe.dynamics import (
+    STATIC,
+    DynamicsSpec,
+    RoundConditions,
+    battery_at,
+    drifted_availability,
+    round_conditions,
+)
 from moe.fleet import DEFAULT_DEADLINE_S, DeviceCapability, FleetSpec, make_fleet, online_devices
 from moe.fleet import round_time_s as fleet_round_time_s
 from moe.model import MoEConfig, init_weights
@@ -29,7 +37,7 @@ from moe.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, routing
 IntArray = NDArray[np.int64]
 
 # Purposes of derived seeds (the second word of every SeedSequence entropy).
-_ONLINE, _TRAIN, _STRATEGY = 1, 2, 3
+_ONLINE, _TRAIN, _STRATEGY, _CONDITIONS = 1, 2, 3, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,9 @@ class ScenarioConfig:
         batch_size: local mini-batch size.
         lr: local learning rate.
         deadline_s: seconds from assignment to the round deadline (simulated time).
+        static_devices: every device is its profile in every round (no jitter, stragglers,
+            battery drain or availability drift: `moe.dynamics.STATIC`); off by default,
+            where devices vary around their profiles (`moe.dynamics.DynamicsSpec`).
     """
 
     regime: Regime = "fleet"
@@ -62,6 +73,7 @@ class ScenarioConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = DEFAULT_LR
     deadline_s: float = DEFAULT_DEADLINE_S
+    static_devices: bool = False
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
@@ -122,6 +134,7 @@ class Scenario:
     def __init__(self, config: ScenarioConfig, spec: FleetSpec | None = None) -> None:
         spec = spec if spec is not None else FleetSpec()
         self.config = config
+        self.dynamics = STATIC if config.static_devices else DynamicsSpec()
         self.model = MoEConfig(num_experts=config.num_experts, top_k=config.top_k)
         self.data: FederatedData = make_regime(
             config.regime, config.num_devices, config.seed, config.alpha, config.num_types
@@ -148,7 +161,24 @@ class Scenario:
     def online(self, round_: int) -> IntArray:
         """Indices of the devices online in `round_` (the same for every strategy)."""
         rng = np.random.default_rng(derived_seed(self.config.seed, _ONLINE, round_))
-        return online_devices(self.fleet, round_, rng)
+        spec = self.dynamics
+        today = [
+            replace(
+                c,
+                availability=(
+                    drifted_availability(c, round_, spec)
+                    if battery_at(c, round_, spec) >= spec.battery_offline
+                    else 0.0
+                ),
+            )
+            for c in self.fleet
+        ]
+        return online_devices(today, round_, rng, period_rounds=spec.period_rounds)
+
+    def conditions(self, device: int, round_: int) -> RoundConditions:
+        """What `device` really is in `round_` (`moe.dynamics`; the same for every strategy)."""
+        seed = derived_seed(self.config.seed, _CONDITIONS, round_, device)
+        return round_conditions(self.fleet[device], round_, seed, self.dynamics)
 
     def train_seed(self, round_: int, device: int) -> int:
         """The local-training seed of `device` in `round_`."""
@@ -158,29 +188,38 @@ class Scenario:
         """The matching strategy's randomness for `round_` (random baseline, tie breaks)."""
         return np.random.default_rng(derived_seed(self.config.seed, _STRATEGY, round_))
 
-    def round_time_s(self, device: int, experts: Sequence[int]) -> float:
-        """Simulated seconds for `device` to move and train `experts` (plus the shared part)."""
+    def round_time_s(self, device: int, experts: Sequence[int], round_: int) -> float:
+        """Simulated seconds for `device` to move and train `experts` (plus the shared part) in
+        `round_`, at its real conditions of that round."""
+        now = self.conditions(device, round_)
         return fleet_round_time_s(
-            self.fleet[device],
+            replace(
+                self.fleet[device],
+                compute_ms_per_sample=now.compute_ms_per_sample,
+                bandwidth_kbps=now.bandwidth_kbps,
+            ),
             self.data.devices[device].num_samples,
             self.config.epochs,
             experts,
             self.part_bytes,
         )
 
-    def telemetry(self, device: int, parts: Parts) -> TelemetryReading:
-        """What `device` reports before a round: its capabilities and its routing histogram
-        under the global gate in `parts`."""
+    def telemetry(self, device: int, parts: Parts, round_: int) -> TelemetryReading:
+        """What `device` reports before `round_`: the step time and link rate it measured in
+        the round before (its real conditions then: a measurement, not its true mean, and one
+        round stale), its battery now, and its routing histogram under the global gate in
+        `parts`."""
         cap = self.fleet[device]
         data = self.data.devices[device]
         hist = routing_histogram(self.model, parts, data.x)
+        measured = self.conditions(device, round_ - 1)
         return TelemetryReading(
             device_id=device_id(device),
             device_type=data.device_type,
-            compute_ms_per_sample=cap.compute_ms_per_sample,
-            bandwidth_kbps=cap.bandwidth_kbps,
+            compute_ms_per_sample=measured.compute_ms_per_sample,
+            bandwidth_kbps=measured.bandwidth_kbps,
             memory_mb=cap.memory_mb,
-            battery=cap.battery,
+            battery=self.conditions(device, round_).battery,
             num_samples=data.num_samples,
             routing_histogram=tuple(float(h) for h in hist),
         )

@@ -17,9 +17,10 @@ once, in `single_threaded_blas()`. Nothing here changes thread settings by itsel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,6 +78,10 @@ class LocalResult:
             training); experts with 0 routed samples are absent.
         train_loss: mean cross-entropy over all local samples after training (masked model).
         steps: SGD steps taken.
+        initial_loss: root mean squared cross-entropy of the local samples under the global
+            parts the device started from (masked model, before training): Oort's statistical
+            utility per sample, measured before the device learned its own data.
+        initial_expert_loss: the same over the samples the masked gate routed to each expert.
     """
 
     parts: Mapping[str, Mapping[str, Float32Array]]
@@ -85,6 +90,8 @@ class LocalResult:
     expert_loss: Mapping[int, float]
     train_loss: float
     steps: int
+    initial_loss: float = math.nan
+    initial_expert_loss: Mapping[int, float] = field(default_factory=dict)
 
 
 def _as_inputs(
@@ -211,6 +218,7 @@ def train_local(
     if xa.shape[0] == 0:
         raise ValueError("no local samples")
     params = stack_parts(parts, experts)
+    initial_loss, initial_expert_loss = _rms_losses(params, xa, ya, config.top_k, experts)
     steps = _sgd(
         params,
         xa,
@@ -237,7 +245,27 @@ def train_local(
         },
         train_loss=float(losses.mean(dtype=np.float64)),
         steps=steps,
+        initial_loss=initial_loss,
+        initial_expert_loss=initial_expert_loss,
     )
+
+
+def _rms_losses(
+    params: StackedParams,
+    x: Float32Array,
+    y: NDArray[np.int64],
+    top_k: int,
+    experts: Sequence[int],
+) -> tuple[float, dict[int, float]]:
+    """RMS per-sample cross-entropy over all samples and over those routed to each expert."""
+    act = forward(params, x, top_k)
+    losses, _ = _cross_entropy(act.logits, y)
+    sq = losses.astype(np.float64) ** 2
+    sel = act.selected_mask()
+    counts = sel.sum(0)
+    sums = (sel * sq[:, None]).sum(0)
+    per_expert = {e: math.sqrt(s / c) for e, c, s in zip(experts, counts, sums, strict=True) if c}
+    return math.sqrt(float(sq.mean())), per_expert
 
 
 def routing_histogram(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +47,11 @@ def telemetry_reading(message: Telemetry) -> TelemetryReading:
     )
 
 
+def _measured(value: float) -> float | None:
+    """The wire's -1 ("not measured") as None."""
+    return None if value < 0 else value
+
+
 def expert_losses(message: Telemetry, num_experts: int | None = None) -> dict[int, float]:
     """The per-expert local losses a Telemetry message reports, by expert index."""
     return _by_index(message.expert_loss, num_experts)
@@ -76,6 +82,8 @@ def profile_snapshot(
         expert_quality=_by_part(profile.expert_quality),
         expert_trials={expert_part_id(e): int(n) for e, n in profile.expert_trials.items()},
         last_round=profile.last_round,
+        data_loss=-1.0 if profile.data_loss is None else profile.data_loss,
+        expert_data_loss=_by_part(profile.expert_data_loss),
     )
 
 
@@ -99,6 +107,8 @@ def client_profile(snapshot: ProfileSnapshot) -> ClientProfile:
         routing_histogram=tuple(snapshot.routing_histogram),
         expert_quality=_by_index(snapshot.expert_quality),
         expert_trials={e: int(n) for e, n in _by_index(snapshot.expert_trials).items()},
+        data_loss=_measured(snapshot.data_loss),
+        expert_data_loss=_by_index(snapshot.expert_data_loss),
     )
 
 
@@ -155,6 +165,48 @@ def reported_loss(loss: float) -> float:
 def reported_losses(result: LocalResult) -> dict[int, float]:
     """The per-expert losses of a training worth reporting (finite and >= 0), by expert."""
     return {e: v for e, v in result.expert_loss.items() if math.isfinite(v) and v >= 0}
+
+
+@dataclass(frozen=True, slots=True)
+class LossReport:
+    """What a device's next Telemetry reports of its last training (wire form: by part id).
+
+    Attributes:
+        expert_loss: mean loss after training of the samples routed to each trained expert.
+        data_loss: RMS loss of its data under the global parts it started from (-1: none).
+        expert_data_loss: the same per trained expert.
+    """
+
+    expert_loss: Mapping[str, float] = field(default_factory=dict)
+    data_loss: float = -1.0
+    expert_data_loss: Mapping[str, float] = field(default_factory=dict)
+
+
+def loss_report(result: LocalResult) -> LossReport:
+    """The report of one training (only finite values)."""
+    data_loss, expert_data_loss = reported_data_losses(result)
+    return LossReport(
+        expert_loss=_by_part(reported_losses(result)),
+        data_loss=-1.0 if data_loss is None else data_loss,
+        expert_data_loss=_by_part(expert_data_loss),
+    )
+
+
+def reported_data_losses(result: LocalResult) -> tuple[float | None, dict[int, float]]:
+    """The pre-training RMS losses of a training worth reporting: overall (None when not
+    finite) and per expert (finite ones), by expert."""
+    overall = result.initial_loss if math.isfinite(result.initial_loss) else None
+    per_expert = {
+        e: v for e, v in result.initial_expert_loss.items() if math.isfinite(v) and v >= 0
+    }
+    return overall, per_expert
+
+
+def data_losses(
+    message: Telemetry, num_experts: int | None = None
+) -> tuple[float | None, dict[int, float]]:
+    """The pre-training RMS losses a Telemetry message reports (overall, per expert index)."""
+    return _measured(message.data_loss), _by_index(message.expert_data_loss, num_experts)
 
 
 def update_id(device: str, round: int) -> str:

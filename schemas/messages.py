@@ -128,6 +128,14 @@ def _check_versions(name: str, versions: Mapping[str, int]) -> None:
         _check(_is_int(v) and v >= 0, name, f"model_versions[{k!r}] must be an int >= 0")
 
 
+def _check_data_loss(n: str, data_loss: object, per_part: Mapping[str, float]) -> None:
+    _check(_finite(data_loss) and (data_loss == -1.0 or data_loss >= 0), n, "data_loss")  # type: ignore[operator]
+    _check(len(per_part) <= MAX_EXPERTS, n, "expert_data_loss too long")
+    for k, v in per_part.items():
+        _check(isinstance(k, str) and valid_part_id(k), n, f"expert_data_loss key {k!r}")
+        _check(_finite(v) and v >= 0, n, f"expert_data_loss[{k!r}] must be finite and >= 0")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Telemetry(Message):
     """A device's measured capabilities and the routing histogram of its data."""
@@ -144,6 +152,11 @@ class Telemetry(Message):
     gate_version: int = 0
     # Per trained expert part ("expert-3"): mean local loss of the samples routed to it.
     expert_loss: Mapping[str, float] = field(default_factory=dict)
+    # Measured with the histogram, under the current global model (before training): RMS
+    # per-sample loss of the device's data (-1 = not measured), and per expert part the same
+    # over the samples routed to it.
+    data_loss: float = -1.0
+    expert_data_loss: Mapping[str, float] = field(default_factory=dict)
 
     def _validate_body(self) -> None:
         n = "Telemetry"
@@ -161,6 +174,7 @@ class Telemetry(Message):
         for k, v in self.expert_loss.items():
             _check(isinstance(k, str) and valid_part_id(k), n, f"expert_loss key {k!r}")
             _check(_finite(v) and v >= 0, n, f"expert_loss[{k!r}] must be finite and >= 0")
+        _check_data_loss(n, self.data_loss, self.expert_data_loss)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,6 +388,8 @@ class ProfileSnapshot(Message):
     expert_quality: Mapping[str, float] = field(default_factory=dict)  # Q(c, e) by part id
     expert_trials: Mapping[str, int] = field(default_factory=dict)  # rounds tried, by part id
     last_round: int = -1  # latest round the device was assigned work in (-1 = never)
+    data_loss: float = -1.0  # latest reported RMS loss under the global model (-1 = never)
+    expert_data_loss: Mapping[str, float] = field(default_factory=dict)  # the same, per part
     # The profiler's own bookkeeping: this topic is its changelog, so what it needs after a
     # restart travels here. The assigned round whose outcome is not folded yet (-1 = none) and
     # the verdict heard for it so far; the round of the last telemetry folded (one per round);
@@ -406,6 +422,7 @@ class ProfileSnapshot(Message):
         for k, t in self.expert_trials.items():
             _check(valid_part_id(k) and _is_int(t) and t >= 0, n, f"expert_trials[{k!r}]")
         _check(_is_int(self.last_round) and -1 <= self.last_round < 2**31, n, "last_round")
+        _check_data_loss(n, self.data_loss, self.expert_data_loss)
         for attr in ("pending_round", "telemetry_round"):
             v = getattr(self, attr)
             _check(_is_int(v) and -1 <= v < 2**31, n, f"{attr} must be -1..2^31")

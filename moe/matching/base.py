@@ -35,6 +35,20 @@ class MatchingInput:
             (use C for "no ceiling"). `FitnessStrategy` may lower it by its own policy.
         trials: n(c, e), rounds in which c trained e (the exploration count of the fitness
             score); None means "derive it": 0 where `quality` is NaN, 1 elsewhere.
+        num_samples: |B_c|, the client's local samples (None: unknown, strategies take 1).
+        data_loss: the root mean squared per-sample loss of the client's data under the
+            current global model, measured by the device before the round (Oort's statistical
+            utility is |B_c|·data_loss); NaN where not reported (None: none known).
+        expert_loss: (C, E) the same, over the samples the current gate routes to each expert
+            (NaN where none routed or not reported; None: none known).
+        last_round: the last round c was assigned work in (-1: never; None: unknown).
+        time_first: estimated seconds for c to move and train the shared part and one expert
+            (None: unknown).
+        time_per_expert: estimated seconds each further expert adds (None: unknown).
+        deadline_s: the round's deadline, seconds from assignment (None: unknown).
+
+    Every strategy gets the same input: the estimates are the profiler's (what devices
+    reported), never the simulation's true round times.
 
     Shapes: capacity, deadline_capacity and capability are (C,); affinity, quality and trials
     are (C, E); the expert_* arrays, rounds_since_update, lower and upper are (E,). A mismatch
@@ -53,6 +67,13 @@ class MatchingInput:
     lower: IntArray
     upper: IntArray
     trials: IntArray | None = None
+    num_samples: FloatArray | None = None
+    data_loss: FloatArray | None = None
+    expert_loss: FloatArray | None = None
+    last_round: IntArray | None = None
+    time_first: FloatArray | None = None
+    time_per_expert: FloatArray | None = None
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         c, e = np.shape(self.affinity) if np.ndim(self.affinity) == 2 else (-1, -1)
@@ -69,8 +90,16 @@ class MatchingInput:
             "lower": (e,),
             "upper": (e,),
         }
-        if self.trials is not None:
-            expected["trials"] = (c, e)
+        optional = {
+            "trials": (c, e),
+            "num_samples": (c,),
+            "data_loss": (c,),
+            "expert_loss": (c, e),
+            "last_round": (c,),
+            "time_first": (c,),
+            "time_per_expert": (c,),
+        }
+        expected.update({k: v for k, v in optional.items() if getattr(self, k) is not None})
         for name, shape in expected.items():
             got = np.shape(getattr(self, name))
             if got != shape:
@@ -85,6 +114,15 @@ class MatchingInput:
     def num_experts(self) -> int:
         """E, the number of experts."""
         return int(self.affinity.shape[1])
+
+    def estimated_time(self, experts: IntArray) -> FloatArray:
+        """Estimated round seconds of each client with `experts[c]` experts (C,); zeros when
+        the time estimates are unknown."""
+        m = np.maximum(np.asarray(experts, dtype=np.float64), 1.0)
+        if self.time_first is None or self.time_per_expert is None:
+            return np.zeros(self.num_clients)
+        out: FloatArray = self.time_first + (m - 1.0) * self.time_per_expert
+        return out
 
 
 class MatchingStrategy(ABC):

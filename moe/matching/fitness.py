@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moe.fleet import DEFAULT_EXPERT_COST, max_experts_in_time
+from moe.fleet import DEFAULT_EXPERT_COST, max_experts_in_time, round_seconds
 from moe.load import ExpertLoadState, imbalance
 from moe.matching.base import FloatArray, IntArray, MatchingInput
 from moe.profiles import ClientProfile
@@ -293,9 +293,23 @@ def build_matching_input(
         for j, nv in prof.expert_trials.items():
             if 0 <= j < e:
                 trials[i, j] = nv
+    expert_loss = np.full((c, e), np.nan)
+    data_loss = np.full(c, np.nan)
+    for i, prof in enumerate(profiles):
+        if prof.data_loss is not None:
+            data_loss[i] = prof.data_loss
+        for j, lv in prof.expert_data_loss.items():
+            if 0 <= j < e:
+                expert_loss[i, j] = lv
     ms = np.array([p.compute_ms_per_sample for p in profiles], dtype=np.float64)
     kbps = np.array([p.bandwidth_kbps for p in profiles], dtype=np.float64)
     n = np.array([p.num_samples for p in profiles], dtype=np.float64)
+    one = round_seconds(
+        ms, kbps, n, epochs, 1, shared_bytes + expert_bytes, expert_cost=expert_cost
+    )
+    two = round_seconds(
+        ms, kbps, n, epochs, 2, shared_bytes + 2 * expert_bytes, expert_cost=expert_cost
+    )
     cap = np.array([p.capacity for p in profiles], dtype=np.int64)
     dcap = (
         deadline_capacity(
@@ -331,4 +345,11 @@ def build_matching_input(
         lower=np.zeros(e, dtype=np.int64) if lower is None else np.asarray(lower, np.int64),
         upper=np.full(e, c, dtype=np.int64) if upper is None else np.asarray(upper, np.int64),
         trials=trials,
+        num_samples=n,
+        data_loss=data_loss,
+        expert_loss=expert_loss,
+        last_round=np.array([p.last_round for p in profiles], dtype=np.int64),
+        time_first=one,
+        time_per_expert=two - one,
+        deadline_s=deadline_s,
     )

@@ -5,7 +5,8 @@ profiles, expert load, matching, local training, per-part aggregation, the wire 
 counts), in the order the round protocol on the bus runs them, so for one `ScenarioConfig` and
 strategy it reaches the same accuracy as the services after the same rounds (the parity test).
 Only the clock differs: time here is the simulated round time of the fleet model, and late
-means ``scenario.round_time_s(device, experts) > config.deadline_s``, where the bus judges the
+means ``scenario.round_time_s(device, experts, r) > config.deadline_s`` (the device's real
+conditions of round r, `moe.dynamics`, which the matcher only estimates), where the bus judges the
 gateway's arrival time against the wall deadline (a device there waits its simulated round
 time × time_scale before it uploads).
 
@@ -21,8 +22,9 @@ Genesis (round 0; protocol steps 1, 3, 4, 7, 9):
 Round r = 1..R:
 
 1. Availability (step 5): ``scenario.online(r)`` decides who announces itself for round r.
-2. Telemetry (steps 5, 6): an online device reports ``scenario.telemetry(i, global parts)``
-   (capabilities and its routing histogram under the current global model), folded into its
+2. Telemetry (steps 5, 6): an online device reports ``scenario.telemetry(i, global parts, r)``
+   (what it measured of itself in round r − 1 and its routing histogram under the current
+   global model), folded into its
    profile with `fold_telemetry`; an offline device that has a profile is folded
    ``fold_status(online=False)`` (its DeviceStatus); one never seen stays unknown.
 3. Matching (step 8): candidates = the profiles that announced themselves for r, sorted by
@@ -77,7 +79,7 @@ from moe.profiles import ClientProfile, fold_round_outcome, fold_status, fold_te
 from moe.scenario import Scenario, ScenarioConfig, build_scenario, device_id, device_index
 from moe.simulation.records import RoundRecord, RunResult
 from moe.training import LocalResult, evaluate, train_local
-from moe.wire import model_update, reported_losses
+from moe.wire import model_update, reported_data_losses, reported_losses
 from schemas import ModelUpdate, PartVersion, encode
 
 OnRound = Callable[[RoundRecord], None]
@@ -200,7 +202,7 @@ def _genesis(scenario: Scenario, rule: AggregationRule) -> _World:
     return _World(scenario=scenario, aggregators=aggregators, load=load)
 
 
-def _announce(world: _World, online: Sequence[int]) -> list[ClientProfile]:
+def _announce(world: _World, r: int, online: Sequence[int]) -> list[ClientProfile]:
     """Steps 5-6: telemetry of the online devices, status of the others; the candidates."""
     sc = world.scenario
     parts = world.parts
@@ -208,7 +210,7 @@ def _announce(world: _World, online: Sequence[int]) -> list[ClientProfile]:
     for i in range(sc.config.num_devices):
         dev = device_id(i)
         if i in online_set:
-            reading = sc.telemetry(i, parts)
+            reading = sc.telemetry(i, parts, r)
             world.profiles[dev] = fold_telemetry(world.profiles.get(dev), reading, now=world.clock)
         elif dev in world.profiles:
             world.profiles[dev] = fold_status(world.profiles[dev], online=False, now=world.clock)
@@ -231,7 +233,7 @@ def _train(world: _World, r: int, index: int, experts: list[int]) -> _DeviceRoun
         batch_size=cfg.batch_size,
         lr=cfg.lr,
     )
-    time_s = sc.round_time_s(index, experts)
+    time_s = sc.round_time_s(index, experts, r)
     bases = {pid: world.aggregators[pid].version for pid in _trained_parts(experts)}
     return _DeviceRound(index, experts, bases, result, time_s, late=time_s > cfg.deadline_s)
 
@@ -267,7 +269,7 @@ def _offer(world: _World, r: int, update: ModelUpdate) -> bool:
 def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     sc, cfg = world.scenario, world.scenario.config
     e_count = sc.model.num_experts
-    candidates = _announce(world, [int(i) for i in sc.online(r)])
+    candidates = _announce(world, r, [int(i) for i in sc.online(r)])
     if candidates:
         problem = build_matching_input(
             candidates,
@@ -313,12 +315,15 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     for device in devices:
         dev = device_id(device.index)
         losses = reported_losses(device.result)
+        data_loss, expert_data_loss = reported_data_losses(device.result)
         world.profiles[dev] = fold_round_outcome(
             world.profiles[dev],
             round=r,
             assigned=True,
             completed_in_time=device.applied,
             expert_losses=losses,
+            data_loss=data_loss,
+            expert_data_loss=expert_data_loss,
         )
     late = sum(d.late for d in devices)
     in_time = [d.time_s for d in devices if not d.late]

@@ -52,7 +52,13 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from moe.profiles import ClientProfile, fold_round_outcome, fold_status, fold_telemetry
-from moe.wire import client_profile, expert_losses, profile_snapshot, telemetry_reading
+from moe.wire import (
+    client_profile,
+    data_losses,
+    expert_losses,
+    profile_snapshot,
+    telemetry_reading,
+)
 from schemas.messages import Assignment, DeviceStatus, ProfileSnapshot, Telemetry, UpdateAck
 
 ProfilerInput = Telemetry | DeviceStatus | Assignment | UpdateAck
@@ -172,15 +178,16 @@ def step(
     return replace(result, state=replace(result.state, handled=handled))
 
 
-def _fold_pending(
-    state: DeviceState, losses: Mapping[int, float], params: FoldParams
-) -> DeviceState:
+def _fold_pending(state: DeviceState, message: Telemetry | None, params: FoldParams) -> DeviceState:
+    data_loss, expert_data_loss = data_losses(message) if message is not None else (None, {})
     profile = fold_round_outcome(
         state.profile,
         round=state.pending_round,
         assigned=True,
         completed_in_time=state.pending_outcome == APPLIED,
-        expert_losses=losses,
+        expert_losses=expert_losses(message) if message is not None else {},
+        data_loss=data_loss,
+        expert_data_loss=expert_data_loss,
         alpha=params.outcome_alpha,
         beta=params.loss_beta,
     )
@@ -197,7 +204,7 @@ def _on_telemetry(
     if state is not None and 0 <= state.pending_round < message.round:
         # This telemetry's losses are the pending round's: a device reports a training's
         # losses once, and it trains in every round it is assigned (none when it could not).
-        state = _fold_pending(state, expert_losses(message), params)
+        state = _fold_pending(state, message, params)
         folded = True
     profile = fold_telemetry(
         state.profile if state is not None else None,
@@ -229,7 +236,7 @@ def _on_assignment(state: DeviceState, message: Assignment, params: FoldParams) 
         return Step(state, changed=False, note=Note.NO_CHANGE)  # redone, or nothing to train
     folded = state.pending_round >= 0
     if folded:
-        state = _fold_pending(state, {}, params)
+        state = _fold_pending(state, None, params)
     new = replace(state, pending_round=r, pending_outcome="")
     return Step(new, changed=True, note=Note.ASSIGNED, outcome_folded=folded)
 
@@ -251,7 +258,7 @@ def _on_ack(state: DeviceState, message: UpdateAck, params: FoldParams) -> Step:
         # The verdict was read before the assignment (another topic): r was assigned.
         folded = current.pending_round >= 0
         if folded:
-            current = _fold_pending(current, {}, params)
+            current = _fold_pending(current, None, params)
         current = replace(current, pending_round=r, pending_outcome="")
     new = replace(current, pending_outcome=_verdict(current.pending_outcome, message.status))
     if new == state:

@@ -218,7 +218,7 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
             message = heard.message
             assert isinstance(message, Telemetry)
             index = int(message.device_id.rsplit("-", 1)[1])
-            expected = scenario.telemetry(index, initial)
+            expected = scenario.telemetry(index, initial, 1)
             assert message.round == 1
             assert message.routing_histogram == pytest.approx(expected.routing_histogram)
             assert message.num_samples == expected.num_samples

@@ -63,7 +63,7 @@ def snapshots(round_: int, offline: set[int]) -> list[ProfileSnapshot]:
     scenario = build_scenario(SCENARIO.config())
     out = []
     for i in range(DEVICES):
-        profile = fold_telemetry(None, scenario.telemetry(i, scenario.initial_parts()), now=1.0)
+        profile = fold_telemetry(None, scenario.telemetry(i, scenario.initial_parts(), 1), now=1.0)
         profile = replace(profile, online=i not in offline)
         out.append(profile_snapshot(profile, message_id=f"p{i}", timestamp=1.0, round=round_))
     return out

@@ -7,6 +7,7 @@ import pytest
 
 from clients.world import FleetWorld, status
 from moe.parts import expert_part_id
+from moe.wire import LossReport
 from tests.unit.clients.helpers import scenario
 
 
@@ -24,7 +25,7 @@ def test_availability_is_the_scenarios_online_set() -> None:
 def test_round_time_is_the_simulated_time_times_the_scale() -> None:
     sc = scenario()
     world = FleetWorld(sc, time_scale=0.25)
-    assert world.round_wall_s(2, [0, 3]) == pytest.approx(sc.round_time_s(2, [0, 3]) * 0.25)
+    assert world.round_wall_s(2, [0, 3], 1) == pytest.approx(sc.round_time_s(2, [0, 3], 1) * 0.25)
     assert world.deadline_wall_s == pytest.approx(sc.config.deadline_s * 0.25)
     with pytest.raises(ValueError, match="time_scale"):
         FleetWorld(sc, time_scale=0.0)
@@ -52,22 +53,24 @@ def test_telemetry_reports_capabilities_histogram_and_last_losses() -> None:
     world = FleetWorld(sc, time_scale=1.0)
     parts = sc.initial_parts()
     losses = {expert_part_id(1): 0.75}
-    message = world.telemetry(
-        2, parts, round_=4, gate_version=3, expert_loss=losses, timestamp=12.0
-    )
-    reading = sc.telemetry(2, parts)
+    report = LossReport(expert_loss=losses, data_loss=1.25, expert_data_loss={"expert-1": 0.5})
+    message = world.telemetry(2, parts, round_=4, gate_version=3, losses=report, timestamp=12.0)
+    reading = sc.telemetry(2, parts, 4)
     cap = sc.fleet[2]
+    measured = sc.conditions(2, 3)  # what the device measured of itself in the round before
     assert (message.device_id, message.round, message.gate_version) == ("dev-00002", 4, 3)
     assert message.message_id == "tm-dev-00002-r4"  # the same report if sent twice
     assert message.routing_histogram == reading.routing_histogram
     assert sum(message.routing_histogram) == pytest.approx(1.0)
-    assert message.compute_ms_per_sample == cap.compute_ms_per_sample
-    assert message.bandwidth_kbps == cap.bandwidth_kbps
+    assert message.compute_ms_per_sample == measured.compute_ms_per_sample
+    assert message.compute_ms_per_sample != cap.compute_ms_per_sample  # not a clock
+    assert message.bandwidth_kbps == measured.bandwidth_kbps
     assert message.memory_mb == cap.memory_mb
-    assert message.battery == cap.battery
+    assert message.battery == sc.conditions(2, 4).battery
     assert message.num_samples == sc.data.devices[2].num_samples
     assert message.device_type == sc.data.devices[2].device_type
     assert dict(message.expert_loss) == losses
+    assert (message.data_loss, dict(message.expert_data_loss)) == (1.25, {"expert-1": 0.5})
 
 
 def test_status_message() -> None:

@@ -34,12 +34,12 @@ def test_label_skew_devices_are_identical() -> None:
 
 def test_telemetry_reports_capability_and_histogram() -> None:
     sc = build_scenario(ScenarioConfig(num_devices=8, num_experts=4))
-    t = sc.telemetry(2, sc.initial_parts())
+    t = sc.telemetry(2, sc.initial_parts(), 1)
     assert t.device_id == device_id(2)
     assert t.num_samples == sc.data.devices[2].num_samples
     assert len(t.routing_histogram) == 4
     assert sum(t.routing_histogram) == pytest.approx(1.0)
-    assert sc.round_time_s(2, [0, 1]) > sc.round_time_s(2, [0]) > 0
+    assert sc.round_time_s(2, [0, 1], 1) > sc.round_time_s(2, [0], 1) > 0
 
 
 def test_device_ids_round_trip() -> None:

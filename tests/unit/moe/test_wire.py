@@ -20,7 +20,7 @@ from schemas.messages import ModelUpdate, Telemetry
 
 def test_profile_round_trips_through_the_wire() -> None:
     sc = build_scenario(ScenarioConfig(num_devices=4, num_experts=4))
-    reading = sc.telemetry(1, sc.initial_parts())
+    reading = sc.telemetry(1, sc.initial_parts(), 1)
     profile = fold_telemetry(None, reading, now=10.0)
     profile = fold_round_outcome(
         profile, round=3, assigned=True, completed_in_time=True, expert_losses={2: 0.4}
@@ -32,7 +32,7 @@ def test_profile_round_trips_through_the_wire() -> None:
 
 def test_telemetry_reading_keeps_every_field() -> None:
     sc = build_scenario(ScenarioConfig(num_devices=4, num_experts=4))
-    r = sc.telemetry(0, sc.initial_parts())
+    r = sc.telemetry(0, sc.initial_parts(), 1)
     fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
     msg = Telemetry(message_id="t-1", round=0, timestamp=1.0, **fields)
     assert telemetry_reading(msg) == r

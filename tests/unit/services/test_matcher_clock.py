@@ -60,7 +60,7 @@ def make_clock(**overrides: object) -> RoundClock:
 
 
 def snapshot(i: int, round_: int, *, online: bool = True, ts: float = 1.0) -> ProfileSnapshot:
-    reading = SCENARIO.telemetry(i, SCENARIO.initial_parts())
+    reading = SCENARIO.telemetry(i, SCENARIO.initial_parts(), 1)
     profile = replace(fold_telemetry(None, reading, now=ts), online=online)
     return profile_snapshot(profile, message_id=f"p-{i}-{round_}", timestamp=ts, round=round_)
 

@@ -26,7 +26,7 @@ CONTEXT = MatchingContext.from_scenario(SCENARIO)
 
 
 def snapshot(i: int, round_: int, *, online: bool = True) -> ProfileSnapshot:
-    profile = fold_telemetry(None, SCENARIO.telemetry(i, SCENARIO.initial_parts()), now=1.0)
+    profile = fold_telemetry(None, SCENARIO.telemetry(i, SCENARIO.initial_parts(), 1), now=1.0)
     profile = replace(profile, online=online)
     return profile_snapshot(profile, message_id=f"p{i}", timestamp=1.0, round=round_)
 
