@@ -32,6 +32,11 @@ class ScenarioSettings:
         DEFAULT_DEADLINE_S,
         "round deadline in simulated seconds (device compute + transfer must fit it)",
     )
+    static_devices: bool = setting(
+        "FEDMOE_SCENARIO_STATIC_DEVICES",
+        False,
+        "devices are exactly their profiles every round (no jitter, stragglers, battery drain)",
+    )
     time_scale: float = setting(
         "FEDMOE_SCENARIO_TIME_SCALE",
         1.0,
@@ -60,6 +65,7 @@ class ScenarioSettings:
             alpha=self.alpha,
             epochs=self.epochs,
             deadline_s=self.deadline_s,
+            static_devices=self.static_devices,
         )
 
     @property
