@@ -25,7 +25,7 @@ import numpy as np
 from moe.scenario import Scenario, derived_seed, device_id
 from moe.tensors import PartTensors
 from moe.training import LocalResult, train_local
-from moe.wire import LossReport
+from moe.wire import LossReport, telemetry_message
 from schemas.messages import Assignment, DeviceStatus, Telemetry
 
 # Purpose word of the drop draws' derived seeds (moe.scenario uses 1..3 for its own).
@@ -107,22 +107,8 @@ class FleetWorld:
     ) -> Telemetry:
         """`device`'s report for `round_` under the model `parts` (every part's gate row)."""
         reading = self.scenario.telemetry(device, {p: dict(t) for p, t in parts.items()}, round_)
-        return Telemetry(
-            message_id=f"tm-{reading.device_id}-r{round_}",
-            device_id=reading.device_id,
-            round=round_,
-            timestamp=timestamp,
-            device_type=reading.device_type,
-            compute_ms_per_sample=reading.compute_ms_per_sample,
-            bandwidth_kbps=reading.bandwidth_kbps,
-            memory_mb=reading.memory_mb,
-            battery=reading.battery,
-            num_samples=reading.num_samples,
-            routing_histogram=reading.routing_histogram,
-            gate_version=gate_version,
-            expert_loss=dict(losses.expert_loss),
-            data_loss=losses.data_loss,
-            expert_data_loss=dict(losses.expert_data_loss),
+        return telemetry_message(
+            reading, round=round_, timestamp=timestamp, gate_version=gate_version, losses=losses
         )
 
 

@@ -9,6 +9,7 @@ own `errors.py`; adapters translate library errors (aiokafka, aiomqtt, msgpack) 
     ├── schemas.SchemaError               bytes or fields that break the wire contract
     │   └── (OversizeError, MalformedError, UnsupportedVersionError, ...)
     ├── moe.MoEError                      domain-logic errors
+    │   ├── moe.InvalidArgumentError      a bad domain argument (also a ValueError)
     │   ├── moe.InfeasibleAssignmentError
     │   └── moe.UpdateRejected            an update that aggregation refuses (with a reason)
     ├── brokers.BrokerError               transport failures

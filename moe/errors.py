@@ -1,4 +1,4 @@
-"""Domain errors of the MoE core."""
+"""Domain errors of the MoE core (under the project's one root, `FedMoEError`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from fedmoe.errors import FedMoEError
 
 class MoEError(FedMoEError):
     """Root of the domain core's errors."""
+
+
+class InvalidArgumentError(MoEError, ValueError):
+    """A domain object or function was given an invalid argument (a bad rule parameter, a
+    negative version, an unknown name); a `ValueError` too."""
 
 
 class InfeasibleAssignmentError(MoEError):

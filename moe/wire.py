@@ -47,6 +47,35 @@ def telemetry_reading(message: Telemetry) -> TelemetryReading:
     )
 
 
+def telemetry_message(
+    reading: TelemetryReading,
+    *,
+    round: int,
+    timestamp: float,
+    gate_version: int,
+    losses: LossReport,
+) -> Telemetry:
+    """The Telemetry message of a reading for `round`, with the last training's losses (the
+    one builder devices and the simulation's traffic count use)."""
+    return Telemetry(
+        message_id=f"tm-{reading.device_id}-r{round}",
+        device_id=reading.device_id,
+        round=round,
+        timestamp=timestamp,
+        device_type=reading.device_type,
+        compute_ms_per_sample=reading.compute_ms_per_sample,
+        bandwidth_kbps=reading.bandwidth_kbps,
+        memory_mb=reading.memory_mb,
+        battery=reading.battery,
+        num_samples=reading.num_samples,
+        routing_histogram=reading.routing_histogram,
+        gate_version=gate_version,
+        expert_loss=dict(losses.expert_loss),
+        data_loss=losses.data_loss,
+        expert_data_loss=dict(losses.expert_data_loss),
+    )
+
+
 def _measured(value: float) -> float | None:
     """The wire's -1 ("not measured") as None."""
     return None if value < 0 else value

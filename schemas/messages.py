@@ -128,8 +128,9 @@ def _check_versions(name: str, versions: Mapping[str, int]) -> None:
         _check(_is_int(v) and v >= 0, name, f"model_versions[{k!r}] must be an int >= 0")
 
 
-def _check_data_loss(n: str, data_loss: object, per_part: Mapping[str, float]) -> None:
-    _check(_finite(data_loss) and (data_loss == -1.0 or data_loss >= 0), n, "data_loss")  # type: ignore[operator]
+def _check_data_loss(n: str, data_loss: float, per_part: Mapping[str, float]) -> None:
+    """A pre-training loss report: -1 (not measured) or finite >= 0, per part the same."""
+    _check(_finite(data_loss) and (data_loss == -1.0 or data_loss >= 0), n, "data_loss")
     _check(len(per_part) <= MAX_EXPERTS, n, "expert_data_loss too long")
     for k, v in per_part.items():
         _check(isinstance(k, str) and valid_part_id(k), n, f"expert_data_loss key {k!r}")

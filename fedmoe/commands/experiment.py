@@ -225,27 +225,43 @@ def _run_record(run: RunResult) -> dict[str, Any]:
 
 
 def _report(summary: dict[str, Any]) -> str:
+    """The headline figures: per regime fitness against random and its best peer, then per
+    strategy its median rounds to target (">R" when censored), censored seeds, paired wins
+    against fitness, time and bytes to target, load CV."""
     lines = [f"reduction_vs_random (fleet): {_fmt(summary['reduction_vs_random'])}"]
     for regime, fig in summary["regimes"].items():
+        horizon = fig["rounds"]
+        ci = fig.get("reduction_vs_best_peer_ci")
+        ci_text = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+        bound = " (censored: bound)" if fig.get("reduction_vs_best_peer_censored") else ""
         lines.append(
             f"{regime}: centralized {fig['centralized_accuracy']:.3f}, target "
-            f"{fig['target_accuracy']:.3f}, reduction vs random "
+            f"{fig['target_accuracy']:.3f}, R {horizon}, reduction vs random "
             f"{_fmt(fig['reduction_vs_random'])}, fitness vs random seeds "
             f"{fig['fitness_vs_random_seeds']}"
         )
+        lines.append(
+            f"  best peer {fig.get('best_peer') or 'n/a'}: reduction "
+            f"{_fmt(fig.get('reduction_vs_best_peer'))}{ci_text}{bound}"
+        )
         for name, s in fig["strategies"].items():
+            median = s["rounds_to_target_median"]
+            rounds = f">{horizon}" if median is None else f"{median:g}"
+            w = s.get("wins_vs_fitness")
+            vs = f"{w['faster']}/{w['tied']}/{w['slower']}" if w else "-"
             lines.append(
-                f"  {name:<13} rounds→target median {s['rounds_to_target_median']:>6} "
-                f"{s['rounds_to_target']}  final {s['final_accuracy_median']:.3f}  "
-                f"load CV {s['load_cv_mean']:.3f}  late/round {s['late_updates_mean']:.2f}  "
-                f"bytes/round {s['bytes_per_round_mean']:.0f}"
+                f"  {name:<22} rounds→target median {rounds:>6}  censored {s['censored']}"
+                f"  vs fitness f/t/s {vs:>8}  time {_fmt(s['time_to_target_median'], '.0f')} s"
+                f"  bytes {_fmt(s['bytes_to_target_median'], '.3g')}"
+                f"  load CV {s['load_cv_mean']:.3f}"
             )
     lines.append(f"wall {summary['wall_seconds']:.0f} s")
     return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    """`value` formatted; "n/a" when None (e.g. a censored median, written null)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def main(argv: list[str]) -> int:

@@ -44,7 +44,6 @@ from typing import Any, Literal, NamedTuple, TypeGuard
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmoe.errors import SettingsError
 from moe.aggregation.base import (
     AccumulatorState,
     AggregationRule,
@@ -55,7 +54,7 @@ from moe.aggregation.errors import RoundStateError, SnapshotError
 from moe.aggregation.ledger import DEFAULT_WINDOW, UpdateKey, UpdateLedger
 from moe.aggregation.registry import rule_from_plain, rule_to_plain
 from moe.aggregation.validation import VALIDATION_REASONS, check_layout
-from moe.errors import UpdateRejected
+from moe.errors import InvalidArgumentError, UpdateRejected
 from moe.tensors import PartLayout, PartTensors
 
 VerdictStatus = Literal["applied", "duplicate", "late", "rejected"]
@@ -157,7 +156,7 @@ class PartAggregator:
 
     Raises:
         LayoutError: when `weights` do not match `layout`.
-        SettingsError: for a negative version or a bad ledger window.
+        InvalidArgumentError: for a negative version or a bad ledger window.
     """
 
     def __init__(
@@ -171,7 +170,7 @@ class PartAggregator:
         ledger_window: int = DEFAULT_WINDOW,
     ) -> None:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise SettingsError(f"{part_id}: version must be an int >= 0, got {version!r}")
+            raise InvalidArgumentError(f"{part_id}: version must be an int >= 0, got {version!r}")
         check_layout(weights, layout, f"{part_id} weights")
         self._part = part_id
         self._layout = layout
@@ -375,7 +374,7 @@ class PartAggregator:
             raise SnapshotError(f"open round {open_id} is not the last round {last_id}")
         try:
             saved_rule = rule_from_plain(_mapping(state, "rule"))
-        except SettingsError as exc:
+        except InvalidArgumentError as exc:
             raise SnapshotError(str(exc)) from None
         rule = saved_rule if rule is None else rule
         if open_id is not None and rule.name != saved_rule.name:

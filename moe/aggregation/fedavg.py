@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmoe.errors import SettingsError
 from moe.aggregation.base import (
     AggregationRule,
     PartAccumulator,
@@ -31,6 +30,7 @@ from moe.aggregation.base import (
     check_state_array,
 )
 from moe.aggregation.errors import SnapshotError
+from moe.errors import InvalidArgumentError
 from moe.tensors import PartTensors
 
 
@@ -54,7 +54,9 @@ class FedAvg(AggregationRule):
             and math.isfinite(self.max_norm)
             and self.max_norm > 0
         ):
-            raise SettingsError(f"fedavg max_norm must be finite and > 0, got {self.max_norm!r}")
+            raise InvalidArgumentError(
+                f"fedavg max_norm must be finite and > 0, got {self.max_norm!r}"
+            )
 
     def start(self, base: PartTensors) -> FedAvgAccumulator:
         """Open a streaming accumulator; see `AggregationRule.start`."""

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from fedmoe.errors import SettingsError
 from moe.aggregation.errors import SnapshotError
-from moe.errors import UpdateRejected
+from moe.errors import InvalidArgumentError, UpdateRejected
 
 LedgerStatus = Literal["new", "duplicate", "stale"]
 
@@ -42,12 +41,12 @@ class UpdateLedger:
             O(window × updates per round).
 
     Raises:
-        SettingsError: for a window < 1.
+        InvalidArgumentError: for a window < 1.
     """
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise SettingsError(f"ledger window must be an int >= 1, got {window!r}")
+            raise InvalidArgumentError(f"ledger window must be an int >= 1, got {window!r}")
         self._window = window
         self._latest: int | None = None
         # round -> {(device_id, part)}; one set per remembered round, so forgetting is cheap.
@@ -135,7 +134,7 @@ class UpdateLedger:
             raise SnapshotError(f"ledger format {data.get('format')!r}")
         try:
             ledger = cls(data["window"])
-        except (KeyError, SettingsError) as exc:
+        except (KeyError, InvalidArgumentError) as exc:
             raise SnapshotError(f"ledger window: {exc}") from None
         latest, keys = data.get("latest"), data.get("keys")
         if latest is not None and not _is_int(latest):

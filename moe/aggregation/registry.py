@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from fedmoe.errors import SettingsError
 from moe.aggregation.base import AggregationRule, Plain
 from moe.aggregation.fedavg import FedAvg
 from moe.aggregation.robust import CoordinateMedian, TrimmedMean
+from moe.errors import InvalidArgumentError
 
 # Read-only, so no caller can register into shared module state.
 _RULES: Mapping[str, Callable[..., AggregationRule]] = MappingProxyType(
@@ -35,16 +35,18 @@ def make_rule(name: str, **kwargs: Any) -> AggregationRule:
         The configured rule.
 
     Raises:
-        SettingsError: for an unknown name, an unknown parameter or an invalid value.
+        InvalidArgumentError: for an unknown name, an unknown parameter or an invalid value.
     """
     factory = _RULES.get(name)
     if factory is None:
-        raise SettingsError(f"unknown aggregation rule {name!r}; choose from {sorted(_RULES)}")
+        raise InvalidArgumentError(
+            f"unknown aggregation rule {name!r}; choose from {sorted(_RULES)}"
+        )
     try:
         return factory(**kwargs)
     except TypeError as exc:
         # An unexpected keyword is a configuration mistake, reported like a bad value.
-        raise SettingsError(f"aggregation rule {name!r}: {exc}") from None
+        raise InvalidArgumentError(f"aggregation rule {name!r}: {exc}") from None
 
 
 def rule_to_plain(rule: AggregationRule) -> Plain:
@@ -56,9 +58,9 @@ def rule_from_plain(data: Mapping[str, Any]) -> AggregationRule:
     """Rebuild a rule from `rule_to_plain` output.
 
     Raises:
-        SettingsError: when the data names no known rule or holds invalid parameters.
+        InvalidArgumentError: when the data names no known rule or holds invalid parameters.
     """
     name, params = data.get("name"), data.get("params")
     if not isinstance(name, str) or not isinstance(params, Mapping):
-        raise SettingsError(f"aggregation rule data {data!r}")
+        raise InvalidArgumentError(f"aggregation rule data {data!r}")
     return make_rule(name, **params)

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmoe.errors import SettingsError
 from moe.aggregation.base import (
     AggregationRule,
     PartAccumulator,
@@ -30,7 +29,7 @@ from moe.aggregation.base import (
     check_state_array,
 )
 from moe.aggregation.errors import SnapshotError
-from moe.errors import UpdateRejected
+from moe.errors import InvalidArgumentError, UpdateRejected
 from moe.tensors import PartTensors
 
 DEFAULT_MAX_UPDATES = 256
@@ -38,7 +37,7 @@ DEFAULT_MAX_UPDATES = 256
 
 def _check_max_updates(rule: str, max_updates: object) -> None:
     if isinstance(max_updates, bool) or not isinstance(max_updates, int) or max_updates < 1:
-        raise SettingsError(f"{rule} max_updates must be an int >= 1, got {max_updates!r}")
+        raise InvalidArgumentError(f"{rule} max_updates must be an int >= 1, got {max_updates!r}")
 
 
 class BufferedAccumulator(PartAccumulator):
@@ -175,7 +174,9 @@ class TrimmedMean(AggregationRule):
     def __post_init__(self) -> None:
         ratio = self.trim_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 0.5:
-            raise SettingsError(f"trimmed-mean trim_ratio must be in [0, 0.5), got {ratio!r}")
+            raise InvalidArgumentError(
+                f"trimmed-mean trim_ratio must be in [0, 0.5), got {ratio!r}"
+            )
         _check_max_updates(self.name, self.max_updates)
 
     def start(self, base: PartTensors) -> TrimmedMeanAccumulator:

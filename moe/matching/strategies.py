@@ -271,14 +271,35 @@ class LeastLoadedStrategy(MatchingStrategy):
         return _first_k(cycle[pos], k)
 
 
-_STRATEGIES: Mapping[str, type[MatchingStrategy]] = MappingProxyType(
-    {
-        FitnessStrategy.name: FitnessStrategy,
-        RandomStrategy.name: RandomStrategy,
-        AffinityStrategy.name: AffinityStrategy,
-        LeastLoadedStrategy.name: LeastLoadedStrategy,
-    }
-)
+def _registry() -> Mapping[str, type[MatchingStrategy]]:
+    # The peers subclass the baselines above, so they are imported once those exist.
+    from moe.matching.feasible import (
+        AffinityFeasibleStrategy,
+        LeastLoadedFeasibleStrategy,
+        RandomFeasibleStrategy,
+    )
+    from moe.matching.flexmoe import FlexMoEStrategy
+    from moe.matching.oort import OortStrategy
+
+    return MappingProxyType(
+        {
+            cls.name: cls
+            for cls in (
+                FitnessStrategy,
+                RandomFeasibleStrategy,
+                LeastLoadedFeasibleStrategy,
+                AffinityFeasibleStrategy,
+                OortStrategy,
+                FlexMoEStrategy,
+                RandomStrategy,
+                AffinityStrategy,
+                LeastLoadedStrategy,
+            )
+        }
+    )
+
+
+_STRATEGIES = _registry()
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(_STRATEGIES)
 

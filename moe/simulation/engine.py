@@ -52,8 +52,9 @@ Round r = 1..R:
 
 Bytes: down = the PartVersion messages of ``shared`` and the assigned experts each assigned
 device receives (encoded once per part version, as the retained message is), up = each
-device's encoded ModelUpdate (late ones too: they were sent). Model traffic only: assignments,
-telemetry and acks are small and left out.
+device's encoded ModelUpdate (late ones too: they were sent); control = every other message
+that crosses MQTT in the round (status, telemetry, round marker, gate rows, assignments, acks:
+`moe.simulation.traffic`).
 """
 
 from __future__ import annotations
@@ -75,11 +76,18 @@ from moe.load import (
 )
 from moe.matching import MatchingStrategy, build_matching_input, make_strategy
 from moe.parts import SHARED, expert_index, expert_part_id, model_layout, part_ids
-from moe.profiles import ClientProfile, fold_round_outcome, fold_status, fold_telemetry
+from moe.profiles import (
+    ClientProfile,
+    TelemetryReading,
+    fold_round_outcome,
+    fold_status,
+    fold_telemetry,
+)
 from moe.scenario import Scenario, ScenarioConfig, build_scenario, device_id, device_index
 from moe.simulation.records import RoundRecord, RunResult
+from moe.simulation.traffic import RoundTraffic, control_bytes
 from moe.training import LocalResult, evaluate, train_local
-from moe.wire import model_update, reported_data_losses, reported_losses
+from moe.wire import LossReport, loss_report, model_update, reported_data_losses, reported_losses
 from schemas import ModelUpdate, PartVersion, encode
 
 OnRound = Callable[[RoundRecord], None]
@@ -111,6 +119,11 @@ class _World:
     profiles: dict[str, ClientProfile] = field(default_factory=dict)
     clock: float = 0.0
     version_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
+    gate_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
+    # The losses of each device's last training, until its next telemetry reports them.
+    unreported: dict[str, LossReport] = field(default_factory=dict)
+    # Expert parts that got a new version in the last round (their gate rows go to devices).
+    changed: list[str] = field(default_factory=list)
 
     @property
     def parts(self) -> dict[str, dict[str, Float32Array]]:
@@ -119,21 +132,31 @@ class _World:
 
     def part_version_bytes(self, pid: str, round_: int) -> int:
         """Encoded size of the PartVersion message of `pid`'s current version."""
-        agg = self.aggregators[pid]
-        key = (pid, agg.version)
+        key = (pid, self.aggregators[pid].version)
         if key not in self.version_bytes:
-            message = PartVersion(
-                message_id=f"{pid}@{agg.version}",
-                device_id=AGGREGATOR_ID,
-                round=round_,
-                timestamp=self.clock,
-                part=pid,
-                version=agg.version,
-                layout_version=self.scenario.model.layout_version,
-                tensors=dict(agg.weights),
-            )
-            self.version_bytes[key] = len(encode(message))
+            self.version_bytes[key] = len(encode(self._version(pid, round_)))
         return self.version_bytes[key]
+
+    def gate_row_bytes(self, pid: str, round_: int) -> int:
+        """Encoded size of the gate-row view of `pid`'s current version (0 for ``shared``)."""
+        key = (pid, self.aggregators[pid].version)
+        if key not in self.gate_bytes:
+            view = self._version(pid, round_).gate_view()
+            self.gate_bytes[key] = 0 if view is None else len(encode(view))
+        return self.gate_bytes[key]
+
+    def _version(self, pid: str, round_: int) -> PartVersion:
+        agg = self.aggregators[pid]
+        return PartVersion(
+            message_id=f"{pid}@{agg.version}",
+            device_id=AGGREGATOR_ID,
+            round=round_,
+            timestamp=self.clock,
+            part=pid,
+            version=agg.version,
+            layout_version=self.scenario.model.layout_version,
+            tensors=dict(agg.weights),
+        )
 
 
 def run_simulation(
@@ -202,20 +225,25 @@ def _genesis(scenario: Scenario, rule: AggregationRule) -> _World:
     return _World(scenario=scenario, aggregators=aggregators, load=load)
 
 
-def _announce(world: _World, r: int, online: Sequence[int]) -> list[ClientProfile]:
-    """Steps 5-6: telemetry of the online devices, status of the others; the candidates."""
+def _announce(
+    world: _World, r: int, online: Sequence[int]
+) -> tuple[list[ClientProfile], list[tuple[TelemetryReading, LossReport]]]:
+    """Steps 5-6: telemetry of the online devices, status of the others; the candidates and
+    what the online devices reported."""
     sc = world.scenario
     parts = world.parts
     online_set = {int(i) for i in online}
+    reports: list[tuple[TelemetryReading, LossReport]] = []
     for i in range(sc.config.num_devices):
         dev = device_id(i)
         if i in online_set:
             reading = sc.telemetry(i, parts, r)
+            reports.append((reading, world.unreported.pop(dev, LossReport())))
             world.profiles[dev] = fold_telemetry(world.profiles.get(dev), reading, now=world.clock)
         elif dev in world.profiles:
             world.profiles[dev] = fold_status(world.profiles[dev], online=False, now=world.clock)
     announced = sorted(device_id(i) for i in online_set)
-    return [world.profiles[dev] for dev in announced if world.profiles[dev].online]
+    return [world.profiles[dev] for dev in announced if world.profiles[dev].online], reports
 
 
 def _train(world: _World, r: int, index: int, experts: list[int]) -> _DeviceRound:
@@ -269,7 +297,9 @@ def _offer(world: _World, r: int, update: ModelUpdate) -> bool:
 def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     sc, cfg = world.scenario, world.scenario.config
     e_count = sc.model.num_experts
-    candidates = _announce(world, r, [int(i) for i in sc.online(r)])
+    candidates, reports = _announce(world, r, [int(i) for i in sc.online(r)])
+    opened_versions = {pid: agg.version for pid, agg in world.aggregators.items()}
+    gate_rows = [world.gate_row_bytes(pid, r) for pid in world.changed]
     if candidates:
         problem = build_matching_input(
             candidates,
@@ -306,16 +336,21 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     for device, update in zip(devices, updates, strict=True):
         if not device.late:
             device.applied = _offer(world, r, update)
+    world.changed = []
     for pid, agg in world.aggregators.items():
+        before = agg.version
         stats = agg.close().stats
         e = expert_index(pid)
         if e is not None and stats.applied > 0:
             world.load = on_part_closed(world.load, e, stats.applied, stats.total_weight)
+        if e is not None and agg.version != before:
+            world.changed.append(pid)
     world.load = on_round_closed(world.load)
     for device in devices:
         dev = device_id(device.index)
         losses = reported_losses(device.result)
         data_loss, expert_data_loss = reported_data_losses(device.result)
+        world.unreported[dev] = loss_report(device.result)
         world.profiles[dev] = fold_round_outcome(
             world.profiles[dev],
             round=r,
@@ -325,6 +360,15 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
             data_loss=data_loss,
             expert_data_loss=expert_data_loss,
         )
+    control = control_bytes(
+        RoundTraffic(
+            round=r,
+            online=reports,
+            assigned=[(device_id(d.index), d.experts, _trained_parts(d.experts)) for d in devices],
+            model_versions=opened_versions,
+            gate_row_bytes=gate_rows,
+        )
+    )
     late = sum(d.late for d in devices)
     in_time = [d.time_s for d in devices if not d.late]
     round_time = cfg.deadline_s if late else max(in_time, default=0.0)
@@ -338,6 +382,7 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
         updates_applied=sum(d.applied for d in devices),
         bytes_down=bytes_down,
         bytes_up=bytes_up,
+        bytes_control=control,
         round_time_s=round_time,
         loss=loss,
         devices_online=len(candidates),

@@ -16,8 +16,9 @@ in any order, in a process pool or in a loop (`fedmoe experiment` does the forme
 
 from __future__ import annotations
 
+import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -32,7 +33,14 @@ from moe.matching import (
 from moe.scenario import ScenarioConfig, build_scenario
 from moe.simulation.engine import run_simulation
 from moe.simulation.records import RunResult
-from moe.simulation.summary import reduction, summarize_strategy, wins
+from moe.simulation.summary import (
+    bootstrap_reduction_ci,
+    json_float,
+    median_censored,
+    paired_outcomes,
+    reduction_with_horizon,
+    summarize_strategy,
+)
 from moe.training import evaluate, single_threaded_blas, train_centralized
 
 # The centralized reference's recipe (momentum SGD on the pooled data). Measured on seeds 0-1:
@@ -45,6 +53,16 @@ CENTRAL_MOMENTUM = 0.9
 # Target and second threshold, as fractions of the centralized accuracy.
 TARGET_FRACTION = 0.8
 SECOND_FRACTION = 0.9
+
+# Strategies that are given the round deadline (they drop or avoid devices that would miss
+# it): fitness's fair peers. `summarize` picks each regime's best peer among these.
+DEADLINE_AWARE: frozenset[str] = frozenset(
+    {"random-feasible", "least-loaded-feasible", "affinity-feasible", "oort", "flex-moe"}
+)
+OURS = "fitness"
+# The paired bootstrap of `reduction_vs_best_peer_ci`.
+CI_RESAMPLES = 2000
+CI_LEVEL = 0.95
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,17 +230,71 @@ def targets(
     return out
 
 
+def best_peer(strategies: Mapping[str, Mapping[str, Any]], peers: Collection[str]) -> str | None:
+    """The strategy among `peers` (fitness excluded) with the fewest median rounds to target;
+    ties go to fewer censored runs, then to the name. None when no peer ran."""
+    names = [n for n in strategies if n in peers and n != OURS]
+    if not names:
+        return None
+
+    def rank(name: str) -> tuple[float, int, str]:
+        per_seed = strategies[name]["rounds_to_target"]
+        median = median_censored(per_seed) if per_seed else math.inf
+        return median, strategies[name]["censored"], name
+
+    return min(names, key=rank)
+
+
+def _versus(
+    strategies: Mapping[str, Mapping[str, Any]], ours: str, base: str | None, horizon: int
+) -> dict[str, Any]:
+    """Reduction of `ours`' median rounds to target against `base`'s, its censoring flag and
+    its paired-bootstrap CI ([low, high]); Nones when either strategy is missing."""
+    if base is None or ours not in strategies or base not in strategies:
+        return {"reduction": None, "censored": False, "ci": None}
+    a = strategies[ours]["rounds_to_target"]
+    b = strategies[base]["rounds_to_target"]
+    value, censored = reduction_with_horizon(a, b, horizon)
+    ci = None
+    if value is not None and len(a) == len(b) and a:
+        low, high = bootstrap_reduction_ci(
+            a, b, resamples=CI_RESAMPLES, level=CI_LEVEL, horizon=horizon
+        )
+        ci = [json_float(low), json_float(high)]
+    return {"reduction": value, "censored": censored, "ci": ci}
+
+
 def summarize(
     plan: ExperimentPlan,
     reference: Mapping[str, Mapping[str, Any]],
     runs: Sequence[RunResult],
+    *,
+    deadline_aware: Collection[str] = DEADLINE_AWARE,
 ) -> dict[str, Any]:
-    """The summary's figures: per regime its reference and target, per strategy its figures,
-    the fitness strategy against random (reduction of median rounds to target, paired wins),
-    and at the top level the ``fleet`` regime's reduction."""
+    """The summary's figures (JSON-ready).
+
+    Per regime: its reference and target; per strategy its figures (`summarize_strategy`;
+    censored medians are null) and ``wins_vs_fitness`` (its paired faster / tied / slower
+    counts of rounds to target against fitness, from its own point of view; None for fitness
+    or without it); fitness against random (``reduction_vs_random``,
+    ``reduction_vs_random_censored``, ``fitness_vs_random_seeds``; None without either);
+    and fitness against its best peer, the `deadline_aware` strategy with the fewest median
+    rounds (``best_peer``, ``reduction_vs_best_peer``, ``reduction_vs_best_peer_censored``,
+    ``reduction_vs_best_peer_ci``).
+
+    A reduction is 1 − fitness' median rounds to target / the other's. A censored median
+    (never reached in more than half the seeds) counts as the horizon R + 1 and sets the
+    ``_censored`` flag: the reduction is then a bound (a lower bound when the other's median
+    is censored, an upper one when fitness's is); when both are censored it is None. The CI
+    is a paired bootstrap over seeds (`CI_RESAMPLES`, `CI_LEVEL`) with censored runs at R + 1.
+
+    Top level: ``reduction_vs_random`` (the ``fleet`` regime's) and
+    ``reduction_vs_best_peer`` ({regime: its reduction}).
+    """
     regimes: dict[str, Any] = {}
     for regime in plan.regimes:
         ref = reference[regime]
+        horizon = plan.rounds_for(regime) + 1
         strategies: dict[str, dict[str, Any]] = {}
         for name in plan.strategies:
             mine = [r for r in runs if r.regime == regime and r.strategy == name]
@@ -233,17 +305,38 @@ def summarize(
                 ref["centralized_accuracy"],
                 second_fraction=SECOND_FRACTION,
             )
+        ours = strategies.get(OURS)
+        for name, figures in strategies.items():
+            figures["wins_vs_fitness"] = (
+                paired_outcomes(figures["rounds_to_target"], ours["rounds_to_target"])
+                if ours is not None and name != OURS
+                else None
+            )
         bytes_ratio = [
             s["bytes_per_device_vs_whole_model"]
             for s in strategies.values()
             if s["bytes_per_device_vs_whole_model"] is not None
         ]
+        vs_random = _versus(strategies, OURS, "random", horizon)
+        peer = best_peer(strategies, deadline_aware)
+        vs_peer = _versus(strategies, OURS, peer, horizon)
         regimes[regime] = {
             **ref,
             "rounds": plan.rounds_for(regime),
             "strategies": strategies,
-            "reduction_vs_random": reduction(strategies, "fitness", "random"),
-            "fitness_vs_random_seeds": wins(strategies, "fitness", "random"),
+            "reduction_vs_random": vs_random["reduction"],
+            "reduction_vs_random_censored": vs_random["censored"],
+            "fitness_vs_random_seeds": (
+                paired_outcomes(
+                    strategies[OURS]["rounds_to_target"], strategies["random"]["rounds_to_target"]
+                )
+                if OURS in strategies and "random" in strategies
+                else None
+            ),
+            "best_peer": peer,
+            "reduction_vs_best_peer": vs_peer["reduction"],
+            "reduction_vs_best_peer_censored": vs_peer["censored"],
+            "reduction_vs_best_peer_ci": vs_peer["ci"],
             "bytes_per_device_vs_whole_model": (
                 statistics.fmean(bytes_ratio) if bytes_ratio else None
             ),
@@ -251,6 +344,7 @@ def summarize(
     top = regimes.get("fleet", {}).get("reduction_vs_random")
     return {
         "reduction_vs_random": top,
+        "reduction_vs_best_peer": {g: fig["reduction_vs_best_peer"] for g, fig in regimes.items()},
         "target_fraction": TARGET_FRACTION,
         "seeds": list(plan.seeds),
         "strategies": list(plan.strategies),

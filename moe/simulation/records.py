@@ -17,6 +17,9 @@ class RoundRecord:
         updates_applied: devices whose update was aggregated this round.
         bytes_down: serialized bytes of the parts sent to the assigned devices.
         bytes_up: serialized bytes of the devices' updates (late ones included: they were sent).
+        bytes_control: every other byte that crossed MQTT in the round: status, telemetry,
+            round marker and gate rows of the online devices, assignments and acks of the
+            assigned ones (`moe.simulation.traffic`).
         round_time_s: simulated wall time of the round (the slowest in-time device, or the
             deadline when a device was late).
         loss: test cross-entropy of the global model after this round.
@@ -37,6 +40,7 @@ class RoundRecord:
     devices_online: int = 0
     devices_assigned: int = 0
     updates_rejected: int = 0
+    bytes_control: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from fedmoe.errors import SettingsError
 from fedmoe.settings import setting
 from moe.aggregation import RULE_NAMES, AggregationRule, make_rule
+from moe.errors import InvalidArgumentError
 from schemas.topics import valid_segment
 
 
@@ -71,11 +72,16 @@ class AggregatorSettings:
             )
         try:
             self.aggregation_rule()
-        except SettingsError as exc:
+        except InvalidArgumentError as exc:
             raise SettingsError(f"FEDMOE_AGGREGATOR_*: {exc}") from exc
 
     def aggregation_rule(self) -> AggregationRule:
-        """The configured rule with its parameters (only those the rule takes)."""
+        """The configured rule with its parameters (only those the rule takes).
+
+        Raises:
+            InvalidArgumentError: for a bad rule or parameter (`__post_init__` has already
+                turned that into a `SettingsError`, so a constructed instance never raises).
+        """
         if self.rule == "fedavg":
             return make_rule("fedavg", max_norm=self.max_norm or None)
         if self.rule == "median":
@@ -84,7 +90,7 @@ class AggregatorSettings:
             return make_rule(
                 "trimmed-mean", trim_ratio=self.trim_ratio, max_updates=self.max_updates
             )
-        return make_rule(self.rule)  # raises SettingsError naming the known rules
+        return make_rule(self.rule)  # raises InvalidArgumentError naming the known rules
 
     def part_dir(self, namespace: str) -> Path:
         """Where this deployment's part checkpoints live (one namespace's Kafka state)."""

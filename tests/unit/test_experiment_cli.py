@@ -20,6 +20,10 @@ STRATEGY_FIELDS = {
     "late_updates_mean",
     "bytes_per_round_mean",
     "sim_time_to_target_median",
+    "censored",
+    "time_to_target_median",
+    "bytes_to_target_median",
+    "wins_vs_fitness",
 }
 
 
@@ -39,6 +43,7 @@ def test_tiny_experiment_writes_the_summary(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["regimes"]) == {"fleet", "label-skew"}
     assert summary["reduction_vs_random"] == summary["regimes"]["fleet"]["reduction_vs_random"]
+    assert set(summary["reduction_vs_best_peer"]) == set(summary["regimes"])
     for regime in summary["regimes"].values():
         assert regime["target_accuracy"] == pytest.approx(0.8 * regime["centralized_accuracy"])
         assert regime["centralized_accuracy"] > 0.5
@@ -46,8 +51,11 @@ def test_tiny_experiment_writes_the_summary(tmp_path: Path) -> None:
         for figures in regime["strategies"].values():
             assert set(figures) >= STRATEGY_FIELDS
             assert len(figures["rounds_to_target"]) == 2
-            assert all(1 <= r <= 13 for r in figures["rounds_to_target"])
+            # Censored runs (never reached within the 12 rounds) are null.
+            assert all(r is None or 1 <= r <= 12 for r in figures["rounds_to_target"])
+            assert figures["censored"] == figures["rounds_to_target"].count(None)
             assert figures["bytes_per_round_mean"] > 0
+        assert {"best_peer", "reduction_vs_best_peer", "reduction_vs_best_peer_ci"} <= set(regime)
         wins = regime["fitness_vs_random_seeds"]
         assert sum(wins.values()) == 2
         assert 0 < regime["bytes_per_device_vs_whole_model"] < 1

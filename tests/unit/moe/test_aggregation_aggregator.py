@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fedmoe.errors import SettingsError
 from moe.aggregation import (
     VERDICT_REASONS,
     CoordinateMedian,
@@ -22,7 +21,7 @@ from moe.aggregation import (
     Verdict,
 )
 from moe.aggregation.base import AggregationRule
-from moe.errors import LayoutError
+from moe.errors import InvalidArgumentError, LayoutError
 from moe.tensors import TensorSpec
 
 PART = "expert-1"
@@ -262,9 +261,9 @@ def test_construction_checks_layout_and_settings() -> None:
     wrong["fc1.bias"] = np.zeros(5, np.float32)
     with pytest.raises(LayoutError):
         PartAggregator(PART, LAYOUT, wrong, FedAvg())
-    with pytest.raises(SettingsError):
+    with pytest.raises(InvalidArgumentError):
         PartAggregator(PART, LAYOUT, initial(), FedAvg(), version=-1)
-    with pytest.raises(SettingsError):
+    with pytest.raises(InvalidArgumentError):
         PartAggregator(PART, LAYOUT, initial(), FedAvg(), ledger_window=0)
 
 

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from fedmoe.errors import SettingsError
 from moe.aggregation import UpdateKey, UpdateLedger
 from moe.aggregation.errors import SnapshotError
-from moe.errors import UpdateRejected
+from moe.errors import InvalidArgumentError, UpdateRejected
 
 
 def test_a_recorded_key_is_seen_and_recording_it_again_changes_nothing() -> None:
@@ -138,6 +137,6 @@ def test_missing_window_is_a_snapshot_error() -> None:
 
 
 @pytest.mark.parametrize("window", [0, -1, 1.5, True])
-def test_bad_window_is_a_settings_error(window: Any) -> None:
-    with pytest.raises(SettingsError):
+def test_bad_window_is_an_invalid_argument(window: Any) -> None:
+    with pytest.raises(InvalidArgumentError):
         UpdateLedger(window=window)

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import stats
 
-from fedmoe.errors import SettingsError
 from moe.aggregation import (
     CoordinateMedian,
     FedAvg,
@@ -27,7 +26,7 @@ from moe.aggregation import (
 )
 from moe.aggregation.base import AggregationRule
 from moe.aggregation.errors import SnapshotError
-from moe.errors import UpdateRejected
+from moe.errors import InvalidArgumentError, UpdateRejected
 
 SHAPES = {"fc1.weight": (16, 8), "fc1.bias": (16,), "fc2.weight": (4, 16), "gate.bias": (1,)}
 Tensors = dict[str, NDArray[Any]]
@@ -461,6 +460,6 @@ def test_rules_round_trip_through_json(rule: AggregationRule) -> None:
         ("trimmed-mean", {"trim_ratio": -0.1}),
     ],
 )
-def test_bad_rule_configuration_is_a_settings_error(name: str, kwargs: dict[str, Any]) -> None:
-    with pytest.raises(SettingsError):
+def test_bad_rule_configuration_is_an_invalid_argument(name: str, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgumentError):
         make_rule(name, **kwargs)

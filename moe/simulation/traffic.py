@@ -1,0 +1,110 @@
+"""The MQTT control traffic of one simulated round, in encoded bytes.
+
+The engine counts the model bytes itself (parts down to assigned devices, updates up); this
+module counts everything else that crosses MQTT in a round of the bus protocol, encoding the
+same messages the devices, the matcher and the gateway send, so a strategy that moves fewer
+parts but makes every device talk more is not flattered:
+
+- up, per online device: its DeviceStatus(online) and its Telemetry (histogram, the losses of
+  its last training);
+- down, per online device: the RoundClosed marker that opens its round, and the gate row of
+  every expert whose version changed in the previous round (devices hold every gate row for
+  their routing histogram);
+- down, per assigned device: its Assignment, and one UpdateAck per part of its update (late
+  ones too: the gateway acknowledges what reached it, the aggregator judges it late).
+
+Unix timestamps and ids are fixed-width stand-ins, so the counts do not depend on the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from moe.profiles import TelemetryReading
+from moe.wire import LossReport, telemetry_message
+from schemas import Assignment, DeviceStatus, RoundClosed, UpdateAck, encode
+
+# A unix time with a fractional part (what the services stamp), so float encodings match.
+_STAMP = 1_790_000_000.123
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTraffic:
+    """What crossed MQTT in one round besides whole parts and updates.
+
+    Attributes:
+        online: (reading, losses reported) of each device that announced itself.
+        assigned: (device id, experts, part ids of its update) of each assigned device.
+        model_versions: every part's version at the round's open.
+        gate_row_bytes: encoded size of the gate-row message of each expert whose version
+            changed in the previous round (each online device receives them all).
+    """
+
+    round: int
+    online: Sequence[tuple[TelemetryReading, LossReport]]
+    assigned: Sequence[tuple[str, Sequence[int], Sequence[str]]]
+    model_versions: Mapping[str, int]
+    gate_row_bytes: Sequence[int]
+
+
+def control_bytes(traffic: RoundTraffic) -> int:
+    """Encoded bytes of the round's control messages (module docstring)."""
+    r = traffic.round
+    marker = len(
+        encode(
+            RoundClosed(
+                message_id=f"round-closed-{r - 1}",
+                device_id="matcher",
+                round=r - 1,
+                timestamp=_STAMP,
+                reason="complete",
+                parts_closed=len(traffic.model_versions),
+                model_versions=dict(traffic.model_versions),
+            )
+        )
+    )
+    per_online = marker + sum(traffic.gate_row_bytes)
+    total = 0
+    for reading, losses in traffic.online:
+        status = DeviceStatus(
+            message_id=f"st-{reading.device_id}-{r}",
+            device_id=reading.device_id,
+            round=r,
+            timestamp=_STAMP,
+            online=True,
+            reason="available",
+        )
+        telemetry = telemetry_message(
+            reading, round=r, timestamp=_STAMP, gate_version=r - 1, losses=losses
+        )
+        total += per_online + len(encode(status)) + len(encode(telemetry))
+    for device, experts, parts in traffic.assigned:
+        total += len(
+            encode(
+                Assignment(
+                    message_id=f"assignment-{r}-{device}",
+                    device_id=device,
+                    round=r,
+                    timestamp=_STAMP,
+                    experts=tuple(experts),
+                    deadline=_STAMP,
+                    model_versions=dict(traffic.model_versions),
+                )
+            )
+        )
+        for part in parts:
+            total += len(
+                encode(
+                    UpdateAck(
+                        message_id=f"ack-{device}-{r}-{part}",
+                        device_id=device,
+                        round=r,
+                        timestamp=_STAMP,
+                        update_id=f"up-{device}-r{r}",
+                        part=part,
+                        status="applied",
+                    )
+                )
+            )
+    return total
