@@ -67,6 +67,8 @@ class FitnessWeights:
         pressure_cap: p_max, the most an over-used expert's load term can be (keeps one
             swamped expert from dominating every score).
         load_gain: κ, growth of the load weight with the CV of clients per expert.
+        utility: w_u, weight of the statistical utility Ũ (loss mass the gate routes from c to
+            e under the current model, `statistical_utility`).
     """
 
     quality: float = 0.4
@@ -78,9 +80,18 @@ class FitnessWeights:
     stale_rounds: float = 3.0
     pressure_cap: float = 1.0
     load_gain: float = 0.5
+    utility: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("quality", "affinity", "capability", "load", "exploration", "deficit"):
+        for name in (
+            "quality",
+            "affinity",
+            "capability",
+            "load",
+            "exploration",
+            "deficit",
+            "utility",
+        ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"FitnessWeights.{name} must be finite and >= 0, got {v!r}")
@@ -97,6 +108,25 @@ def effective_capacity(problem: MatchingInput) -> IntArray:
     may assign (a client gets no more experts than it can finish before the deadline)."""
     cap = np.minimum(np.asarray(problem.capacity), np.asarray(problem.deadline_capacity))
     return np.clip(cap, 0, problem.num_experts).astype(np.int64)
+
+
+def margin_capacity(problem: MatchingInput, margin: float) -> IntArray:
+    """The effective capacity when the plan must fit `margin` × the deadline by the estimates
+    (`time_first`, `time_per_expert`): a device whose real round time varies around its
+    estimate is late less often when it is planned with slack. 1 (or unknown estimates) is
+    the effective capacity itself."""
+    cap = effective_capacity(problem)
+    if margin >= 1.0 or problem.time_first is None or problem.time_per_expert is None:
+        return cap
+    if problem.deadline_s is None:
+        return cap
+    budget = margin * problem.deadline_s
+    t1 = np.asarray(problem.time_first, dtype=np.float64)
+    step = np.maximum(np.asarray(problem.time_per_expert, dtype=np.float64), 1e-12)
+    fits = np.floor((budget - t1) / step) + 1.0
+    fits = np.where(t1 > budget, 0.0, fits)
+    out: IntArray = np.minimum(cap, np.clip(fits, 0, problem.num_experts).astype(np.int64))
+    return out
 
 
 def normalised_affinity(affinity: ArrayLike) -> FloatArray:
@@ -118,6 +148,41 @@ def load_pressure(problem: MatchingInput, weights: FitnessWeights) -> FloatArray
     r = np.clip(np.asarray(problem.rounds_since_update, dtype=np.float64), 0.0, None)
     stale = r / (r + weights.stale_rounds)
     return over - weights.deficit * 0.5 * (sample_deficit + stale)
+
+
+def statistical_utility(problem: MatchingInput) -> FloatArray:
+    """Ũ(c,e): the loss mass c's data would bring to e, as Oort values a client by
+    |B_c|·sqrt(mean loss²), split over experts by the gate: |B_c|·A(c,e)·L(c,e), with L the
+    RMS loss of c's samples routed to e under the global model before c's last training
+    (`expert_loss`), else c's overall RMS loss (`data_loss`), else the median of the known
+    ones (1 when none is known). Scaled to [0, 1] by its maximum over the round (the 95th
+    percentile, clipped, so one outlier does not flatten the rest)."""
+    c, e = problem.num_clients, problem.num_experts
+    if c == 0 or e == 0:
+        return np.zeros((c, e))
+    overall = (
+        np.full(c, np.nan)
+        if problem.data_loss is None
+        else np.asarray(problem.data_loss, dtype=np.float64).copy()
+    )
+    known = overall[np.isfinite(overall)]
+    overall[~np.isfinite(overall)] = float(np.median(known)) if known.size else 1.0
+    loss = (
+        np.full((c, e), np.nan)
+        if problem.expert_loss is None
+        else np.asarray(problem.expert_loss, dtype=np.float64).copy()
+    )
+    loss = np.where(np.isfinite(loss), loss, overall[:, None])
+    samples = (
+        np.ones(c) if problem.num_samples is None else np.asarray(problem.num_samples, np.float64)
+    )
+    a = np.clip(np.asarray(problem.affinity, dtype=np.float64), 0.0, None)
+    u = samples[:, None] * a * loss
+    top = float(np.quantile(u, 0.95)) if u.size else 0.0
+    if top <= 0:
+        return np.zeros((c, e))
+    out: FloatArray = np.clip(u / top, 0.0, 1.0)
+    return out
 
 
 def exploration_bonus(problem: MatchingInput) -> FloatArray:
@@ -157,6 +222,8 @@ def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None
     cv, _ = imbalance(problem.expert_clients)
     w_load = w.load * (1.0 + w.load_gain * cv)
     f += (w.capability * s)[:, None]
+    if w.utility > 0:
+        f += w.utility * statistical_utility(problem)
     f -= (w_load * load_pressure(problem, w))[None, :]
     if w.exploration > 0:
         base = w.exploration * math.sqrt(math.log(max(problem.round, 0) + 2.0))

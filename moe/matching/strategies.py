@@ -22,7 +22,11 @@ import numpy as np
 
 from moe.errors import InfeasibleAssignmentError
 from moe.matching.base import BoolArray, FloatArray, IntArray, MatchingInput, MatchingStrategy
-from moe.matching.fitness import FitnessWeights, effective_capacity, fitness_scores
+from moe.matching.fitness import (
+    FitnessWeights,
+    fitness_scores,
+    margin_capacity,
+)
 from moe.matching.solvers import SolverName, check_feasible, solve, solve_exact
 
 # Up to this many (client, expert) pairs the exact solver runs one LP over all of them.
@@ -83,6 +87,7 @@ class FitnessStrategy(MatchingStrategy):
         min_clients: int = 1,
         equal_load: bool = False,
         spread: bool = False,
+        deadline_margin: float = 1.0,
     ) -> None:
         """Configure the strategy.
 
@@ -93,6 +98,8 @@ class FitnessStrategy(MatchingStrategy):
             min_clients: the floor policy: clients every expert should get where feasible.
             equal_load: the equal-load policy instead of slack and floors.
             spread: every client's first expert before anyone's second.
+            deadline_margin: plan each client to finish within this fraction of the deadline
+                by its estimates (`margin_capacity`; 1: the effective capacity).
         """
         if not upper_slack >= 1.0:
             raise ValueError(f"upper_slack must be >= 1, got {upper_slack!r}")
@@ -104,6 +111,9 @@ class FitnessStrategy(MatchingStrategy):
         self.min_clients = min_clients
         self.equal_load = equal_load
         self.spread = spread
+        if not 0 < deadline_margin <= 1:
+            raise ValueError(f"deadline_margin must be in (0, 1], got {deadline_margin!r}")
+        self.deadline_margin = deadline_margin
 
     def bounds(self, problem: MatchingInput, cap: IntArray) -> tuple[IntArray, IntArray]:
         """(L, U) for this round: the caller's bounds tightened by the strategy's policy."""
@@ -179,7 +189,7 @@ class FitnessStrategy(MatchingStrategy):
 
     def assign(self, problem: MatchingInput, rng: np.random.Generator) -> BoolArray:
         """Solve max Σ F·x under effective capacities and the (L, U) bounds (no randomness)."""
-        cap = effective_capacity(problem)
+        cap = margin_capacity(problem, self.deadline_margin)
         lower, upper = self.bounds(problem, cap)
         scores = fitness_scores(problem, self.weights)
         if self.spread:

@@ -20,6 +20,7 @@ import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 from moe.data import Regime
@@ -66,12 +67,44 @@ CI_LEVEL = 0.95
 
 
 @dataclass(frozen=True, slots=True)
-class CentralJob:
-    """The centralized reference of one (regime, seed)."""
+class ExperimentRegime:
+    """One panel of the experiment: a data regime and what it changes in the scenario.
 
+    Attributes:
+        name: the panel's name in the summary.
+        data: the data regime (`moe.data.REGIMES`).
+        num_experts: E for this panel (None: the plan's).
+    """
+
+    name: str
+    data: Regime
+    num_experts: int | None = None
+
+
+# `fleet-large` is the fleet with 32 experts: a round's ~15-20 expert slots are far fewer than
+# the experts, the large-model case where the choice of experts decides what gets trained.
+EXPERIMENT_REGIMES: Mapping[str, ExperimentRegime] = MappingProxyType(
+    {
+        "label-skew": ExperimentRegime("label-skew", "label-skew"),
+        "fleet": ExperimentRegime("fleet", "fleet"),
+        "fleet-large": ExperimentRegime("fleet-large", "fleet", num_experts=32),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CentralJob:
+    """The centralized reference of one (regime, seed).
+
+    Attributes:
+        regime: the experiment regime's name.
+        config: its scenario.
+    """
+
+    regime: str
     config: ScenarioConfig
 
-    def run(self) -> tuple[Regime, int, float]:
+    def run(self) -> tuple[str, int, float]:
         """(regime, seed, test accuracy of the model trained on the pooled data)."""
         with single_threaded_blas():
             sc = build_scenario(self.config)
@@ -86,7 +119,7 @@ class CentralJob:
                 momentum=CENTRAL_MOMENTUM,
             )
             accuracy, _ = evaluate(sc.model, parts, sc.data.test_x, sc.data.test_y)
-        return self.config.regime, self.config.seed, accuracy
+        return self.regime, self.config.seed, accuracy
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +127,7 @@ class RunJob:
     """One federated run.
 
     Attributes:
+        regime: the experiment regime's name (the result's `regime`).
         config: the scenario.
         strategy: the strategy's name.
         rounds: R.
@@ -101,6 +135,7 @@ class RunJob:
             (`parse_fitness_options`); ignored for the other strategies.
     """
 
+    regime: str
     config: ScenarioConfig
     strategy: str
     rounds: int
@@ -114,11 +149,18 @@ class RunJob:
             else make_strategy(self.strategy)
         )
         with single_threaded_blas():
-            return run_simulation(self.config, matcher, self.rounds)
+            result = run_simulation(self.config, matcher, self.rounds)
+        return replace(result, regime=self.regime)
 
 
 # FitnessStrategy's constructor options that `parse_fitness_options` accepts besides weights.
-_STRATEGY_OPTIONS = {"upper_slack": float, "min_clients": int, "equal_load": bool, "spread": bool}
+_STRATEGY_OPTIONS = {
+    "upper_slack": float,
+    "min_clients": int,
+    "equal_load": bool,
+    "spread": bool,
+    "deadline_margin": float,
+}
 
 
 def parse_fitness_options(spec: str) -> tuple[tuple[str, float], ...]:
@@ -157,7 +199,7 @@ def fitness_strategy(options: Mapping[str, float]) -> MatchingStrategy:
     )
 
 
-def run_job(job: CentralJob | RunJob) -> tuple[Regime, int, float] | RunResult:
+def run_job(job: CentralJob | RunJob) -> tuple[str, int, float] | RunResult:
     """Run one job (a module-level function, for process pools)."""
     return job.run()
 
@@ -178,7 +220,7 @@ class ExperimentPlan:
         fitness_options: overrides of the fitness strategy's tuned configuration.
     """
 
-    regimes: tuple[Regime, ...]
+    regimes: tuple[str, ...]
     strategies: tuple[str, ...]
     seeds: tuple[int, ...]
     rounds: int
@@ -189,6 +231,9 @@ class ExperimentPlan:
     def __post_init__(self) -> None:
         if not (self.regimes and self.strategies and self.seeds):
             raise ValueError("an experiment needs at least one regime, strategy and seed")
+        unknown = [g for g in self.regimes if g not in EXPERIMENT_REGIMES]
+        if unknown:
+            raise ValueError(f"unknown regimes {unknown}; expected {list(EXPERIMENT_REGIMES)}")
         if min(self.rounds_for(g) for g in self.regimes) < 1:
             raise ValueError("rounds must be >= 1")
 
@@ -196,18 +241,20 @@ class ExperimentPlan:
         """R of `regime`."""
         return self.regime_rounds.get(regime, self.rounds)
 
-    def config(self, regime: Regime, seed: int) -> ScenarioConfig:
+    def config(self, regime: str, seed: int) -> ScenarioConfig:
         """The scenario of one (regime, seed)."""
-        return replace(self.base, regime=regime, seed=seed)
+        panel = EXPERIMENT_REGIMES[regime]
+        experts = self.base.num_experts if panel.num_experts is None else panel.num_experts
+        return replace(self.base, regime=panel.data, seed=seed, num_experts=experts)
 
     def central_jobs(self) -> list[CentralJob]:
         """One centralized reference per (regime, seed)."""
-        return [CentralJob(self.config(g, s)) for g in self.regimes for s in self.seeds]
+        return [CentralJob(g, self.config(g, s)) for g in self.regimes for s in self.seeds]
 
     def run_jobs(self) -> list[RunJob]:
         """One federated run per (regime, strategy, seed)."""
         return [
-            RunJob(self.config(g, s), name, self.rounds_for(g), self.fitness_options)
+            RunJob(g, self.config(g, s), name, self.rounds_for(g), self.fitness_options)
             for g in self.regimes
             for name in self.strategies
             for s in self.seeds
@@ -215,7 +262,7 @@ class ExperimentPlan:
 
 
 def targets(
-    plan: ExperimentPlan, central: Sequence[tuple[Regime, int, float]]
+    plan: ExperimentPlan, central: Sequence[tuple[str, int, float]]
 ) -> dict[str, dict[str, Any]]:
     """Per regime: the centralized accuracy (mean over seeds, and per seed) and the target."""
     out: dict[str, dict[str, Any]] = {}

@@ -27,8 +27,8 @@ def rounds_to_target(
     """First round whose trailing moving average of accuracy reaches `target`.
 
     `accuracies[i]` is the accuracy after round ``i + 1`` (`RoundRecord.round`). Round r's
-    average is over rounds ``r - window + 1 .. r``; for ``r < window`` it is over rounds
-    ``1 .. r`` (the rounds so far), so a run can reach the target from round 1. One lucky round
+    average is over rounds ``r - window + 1 .. r``, so the first candidate is round `window`
+    (before it there is no full window: a lucky first round cannot count). One lucky round
     does not count unless the rounds around it keep the average up.
 
     Returns:
@@ -45,7 +45,7 @@ def rounds_to_target(
         total += acc
         if i >= window:
             total -= accuracies[i - window]
-        if total / min(i + 1, window) >= target:
+        if i + 1 >= window and total / window >= target:
             return i + 1
     return None
 

@@ -8,7 +8,7 @@ import pytest
 from fedmoe.commands.experiment import ExperimentSettings, main
 from fedmoe.errors import SettingsError
 from fedmoe.settings import load_settings
-from moe.matching import FitnessStrategy
+from moe.matching import STRATEGY_NAMES, FitnessStrategy
 from moe.simulation.experiment import fitness_strategy
 
 STRATEGY_FIELDS = {
@@ -37,6 +37,8 @@ def test_tiny_experiment_writes_the_summary(tmp_path: Path) -> None:
             "--devices", "20",
             "--experts", "4",
             "--workers", "1",
+            "--regimes", "fleet,label-skew",
+            "--strategies", "fitness,affinity-feasible,oort,random",
         ]
     )  # fmt: skip
     assert code == 0
@@ -47,7 +49,7 @@ def test_tiny_experiment_writes_the_summary(tmp_path: Path) -> None:
     for regime in summary["regimes"].values():
         assert regime["target_accuracy"] == pytest.approx(0.8 * regime["centralized_accuracy"])
         assert regime["centralized_accuracy"] > 0.5
-        assert set(regime["strategies"]) == {"fitness", "random", "affinity", "least-loaded"}
+        assert set(regime["strategies"]) == {"fitness", "affinity-feasible", "oort", "random"}
         for figures in regime["strategies"].values():
             assert set(figures) >= STRATEGY_FIELDS
             assert len(figures["rounds_to_target"]) == 2
@@ -76,8 +78,11 @@ def test_settings_reject_unknown_names() -> None:
         load_settings(ExperimentSettings, {}, regimes="fleet,iid")
     quick = load_settings(ExperimentSettings, {"FEDMOE_EXPERIMENT_QUICK": "1"}).plan()
     assert len(quick.seeds) >= 5
-    assert len(quick.strategies) == 4
-    assert set(quick.regimes) == {"fleet", "label-skew"}
+    # Every peer, the deadline-blind baselines, in every regime.
+    assert set(quick.strategies) == set(STRATEGY_NAMES)
+    assert set(quick.regimes) == {"fleet", "fleet-large", "label-skew"}
+    large = quick.config("fleet-large", 100)
+    assert (large.regime, large.num_experts, large.seed) == ("fleet", 32, 100)
 
 
 def test_bad_flag_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

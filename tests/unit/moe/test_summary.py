@@ -66,7 +66,7 @@ def _run(
 
 
 def test_rounds_to_target_uses_the_trailing_mean() -> None:
-    # Means: r1 .2, r2 .3, r3 .4, r4 .5 (.4+.5+.6)/3, r5 .6.
+    # Means: r3 .4, r4 .5 (.4+.6+.5)/3, r5 .6; rounds 1-2 have no full window.
     acc = [0.2, 0.4, 0.6, 0.5, 0.7]
     assert rounds_to_target(acc, 0.5) == 4
     assert rounds_to_target(acc, 0.6) == 5
@@ -79,10 +79,11 @@ def test_a_single_lucky_round_does_not_count() -> None:
     assert rounds_to_target(acc, 0.8, window=1) == 3
 
 
-def test_window_at_the_start_averages_the_rounds_so_far() -> None:
-    assert rounds_to_target([0.9, 0.9, 0.9], 0.9) == 1
-    # Round 2: (0.7 + 0.9) / 2 = 0.8.
-    assert rounds_to_target([0.7, 0.9, 0.1], 0.8) == 2
+def test_the_first_candidate_is_the_first_full_window() -> None:
+    assert rounds_to_target([0.9, 0.9, 0.9], 0.9) == 3
+    assert rounds_to_target([0.9, 0.9], 0.5) is None
+    assert rounds_to_target([0.7, 0.9, 0.8], 0.8) == 3
+    assert rounds_to_target([0.9, 0.9, 0.1], 0.8) is None
 
 
 def test_rounds_to_target_censored_and_bad_window() -> None:
@@ -227,14 +228,14 @@ def test_summarize_strategy_censoring_and_keys() -> None:
     ]
     s = summarize_strategy(runs, 0.8, 3, 1.0)
     assert s["seeds"] == [0, 1, 2]
-    assert s["rounds_to_target"] == [None, 1, None]
+    assert s["rounds_to_target"] == [None, 3, None]
     assert s["rounds_to_target_median"] is None
     assert s["censored"] == 2
     assert s["seeds_reaching_target"] == 1
     assert s["time_to_target_median"] is None
     assert s["sim_time_to_target_median"] is None
     assert s["bytes_to_target_median"] is None
-    assert s["rounds_to_0.9x"] == [None, 1, None]
+    assert s["rounds_to_0.9x"] == [None, 3, None]
     assert s["final_accuracy_per_seed"] == [0.1, 0.9, 0.1]
     json.dumps(s, allow_nan=False)
 
@@ -242,15 +243,15 @@ def test_summarize_strategy_censoring_and_keys() -> None:
 def test_summarize_strategy_medians() -> None:
     runs = [
         _run([0.9, 0.9, 0.9], seed=0, control=2),
-        _run([0.7, 0.9, 0.9, 0.9], seed=1, control=2),  # mean 0.8 at round 2
+        _run([0.1, 0.9, 0.9, 0.9], seed=1, control=2),  # mean 0.9 first at round 4
         _run([0.1, 0.1, 0.1], seed=2, control=2),
     ]
     s = summarize_strategy(runs, 0.75, 4, 1.0)
-    assert s["rounds_to_target"] == [1, 2, None]
-    assert s["rounds_to_target_median"] == 2
+    assert s["rounds_to_target"] == [3, 4, None]
+    assert s["rounds_to_target_median"] == 4
     assert s["censored"] == 1
-    assert s["time_to_target_median"] == pytest.approx(4.0)
-    assert s["bytes_to_target_median"] == 2 * 17
+    assert s["time_to_target_median"] == pytest.approx(8.0)
+    assert s["bytes_to_target_median"] == 4 * 17
     assert s["bytes_per_round_mean"] == 17
     # Payload only (down + up) per device over twice the whole model.
     assert s["bytes_per_device_vs_whole_model"] == pytest.approx(15 / 3 / 200)
