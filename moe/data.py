@@ -1,6 +1,6 @@
 """Offline federated data: scikit-learn's bundled digits, label-skewed and type-transformed.
 
-Two regimes (see DESIGN §8):
+Two regimes (see docs/design.md §8):
 
 - ``label-skew``: a Dirichlet(α) label split of the training set over identical devices (all of
   hardware type 0, the identity transform); the test set is the held-out digits as they are.

@@ -53,7 +53,9 @@ class DemoSettings:
 
     rounds: int = setting("FEDMOE_DEMO_ROUNDS", 30, "training rounds to run")
     strategy: str = setting(
-        "FEDMOE_DEMO_STRATEGY", "fitness", f"matching strategy, one of {STRATEGY_NAMES}"
+        "FEDMOE_DEMO_STRATEGY",
+        "fitness",
+        f"matching strategy, one of: {', '.join(STRATEGY_NAMES)}",
     )
     out: Path = setting("FEDMOE_DEMO_OUT", Path("demo-out"), "output directory")
     aggregators: int = setting("FEDMOE_DEMO_AGGREGATORS", 2, "aggregator processes")

@@ -69,6 +69,8 @@ class FitnessWeights:
         load_gain: κ, growth of the load weight with the CV of clients per expert.
         utility: w_u, weight of the statistical utility Ũ (loss mass the gate routes from c to
             e under the current model, `statistical_utility`).
+        type_affinity: w_t, weight of the type affinity T̃ (`type_affinity`): clients of one
+            hardware type pulled onto the same experts.
     """
 
     quality: float = 0.4
@@ -81,6 +83,7 @@ class FitnessWeights:
     pressure_cap: float = 1.0
     load_gain: float = 0.5
     utility: float = 0.0
+    type_affinity: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -91,6 +94,7 @@ class FitnessWeights:
             "exploration",
             "deficit",
             "utility",
+            "type_affinity",
         ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -185,6 +189,23 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     return out
 
 
+def type_affinity(problem: MatchingInput) -> FloatArray:
+    """T̃(c,e): the mean row-normalised affinity Ã over the round's clients of c's hardware
+    type (Ã itself where the type is unknown). Clients of one type see their inputs through
+    one sensor layout, so keeping them on the experts their type routes to lets an expert
+    specialise instead of averaging conflicting layouts."""
+    a = normalised_affinity(problem.affinity)
+    if problem.device_type is None or a.shape[0] == 0:
+        return a
+    types = np.asarray(problem.device_type, dtype=np.int64)
+    _, inverse = np.unique(types, return_inverse=True)
+    sums = np.zeros((int(inverse.max()) + 1, a.shape[1]))
+    np.add.at(sums, inverse, a)
+    counts = np.bincount(inverse).astype(np.float64)
+    out: FloatArray = sums[inverse] / counts[inverse, None]
+    return out
+
+
 def exploration_bonus(problem: MatchingInput) -> FloatArray:
     """X(c,e) = sqrt(ln(t + 2) / (1 + n_ce)); n_ce from `trials`, else 0 where Q is NaN
     and 1 where it was measured."""
@@ -224,6 +245,8 @@ def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None
     f += (w.capability * s)[:, None]
     if w.utility > 0:
         f += w.utility * statistical_utility(problem)
+    if w.type_affinity > 0:
+        f += w.type_affinity * type_affinity(problem)
     f -= (w_load * load_pressure(problem, w))[None, :]
     if w.exploration > 0:
         base = w.exploration * math.sqrt(math.log(max(problem.round, 0) + 2.0))
@@ -419,4 +442,5 @@ def build_matching_input(
         time_first=one,
         time_per_expert=two - one,
         deadline_s=deadline_s,
+        device_type=np.array([p.device_type for p in profiles], dtype=np.int64),
     )

@@ -9,6 +9,16 @@ state is not checkpointed: `rounds` holds every round event and `profiles` / `ex
 latest per key, so it is rebuilt from them at start (`services.resume`), before the runtime's
 first tick can act; `assignments` is read too, to tell whether the open round's assignments
 went out before the restart (`RoundClock.resume`).
+
+The strategy (`FEDMOE_MATCHER_STRATEGY`, any of `moe.matching.STRATEGY_NAMES`) is built once per
+run (`build_clock`) and that one instance plans every round, so a stateful strategy keeps its
+state across rounds as in `fedmoe experiment`. That state lives in memory only: after a
+matcher restart a new instance is built and Oort's pacer starts over: its preferred round
+duration T is back at T_0 (the raises decided before are forgotten) and its utility history
+holds only the rounds planned since (its exploration rate is computed from the round number
+and carries on). So an open round planned again by `RoundClock.resume` may differ from the
+logged plan, and then closes by its deadline. The stateless strategies plan the same after a
+restart.
 """
 
 from __future__ import annotations
@@ -19,14 +29,12 @@ from collections.abc import Callable, Sequence
 
 from brokers.settings import BrokerSettings
 from fedmoe.scenario import ScenarioSettings
-from moe.load import ExpertLoadState
 from moe.matching import make_strategy
 from moe.scenario import build_scenario
-from schemas.messages import ProfileSnapshot
 from services.entrypoint import service_main
 from services.matcher.clock import ClockConfig, RoundClock
 from services.matcher.handler import INPUTS, REPLAYED, MatcherHandler
-from services.matcher.planning import MatchingContext, RoundPlan, model_part_ids, plan_round
+from services.matcher.planning import MatchingContext, RoundPlanner, model_part_ids
 from services.matcher.settings import MatcherSettings
 from services.metrics import ServiceMetrics
 from services.resume import ResumedService
@@ -38,14 +46,12 @@ NAME = "matcher"
 
 
 def build_clock(settings: MatcherSettings, scenario_settings: ScenarioSettings) -> RoundClock:
-    """The round clock for these settings, its planner bound to the scenario and strategy."""
+    """The round clock for these settings; its planner holds the run's one strategy instance,
+    built here (so once per process: a restarted matcher starts a new one)."""
     scenario = build_scenario(scenario_settings.config())
     context = MatchingContext.from_scenario(scenario)
-    strategy = make_strategy(settings.strategy)
-
-    def planner(r: int, profiles: Sequence[ProfileSnapshot], load: ExpertLoadState) -> RoundPlan:
-        return plan_round(profiles, load, round=r, context=context, strategy=strategy)
-
+    # One instance for the whole run: every round is planned with it (Oort keeps its pacer).
+    planner = RoundPlanner(context, make_strategy(settings.strategy))
     config = ClockConfig(
         parts=model_part_ids(context.num_experts),
         strategy=settings.strategy,

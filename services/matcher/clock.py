@@ -145,6 +145,11 @@ class RoundClock:
     # -- what it knows -----------------------------------------------------------------------
 
     @property
+    def planner(self) -> Planner:
+        """The planner every round is matched with (one for the clock's lifetime)."""
+        return self._planner
+
+    @property
     def opened(self) -> RoundOpened | None:
         """The latest round opened (open or closed since)."""
         return self._opened

@@ -10,11 +10,15 @@ the bus and the simulation give the same assignment for the same profiles. The d
 the *simulated* one (what a device can finish in scenario seconds), as in the simulation; the
 wall deadline of the round is the clock's business. A device with no expert assigned does not
 train (as in the simulation), so it gets no `Assignment` and does not count in the quorum.
+
+`RoundPlanner` binds the context to ONE strategy instance that plans every round of a run, as
+the simulation runs one instance over all its rounds: a stateful strategy (Oort's pacer and
+utility history, `moe.matching.oort`) keeps its state from round to round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +90,26 @@ class RoundPlan:
         for e in range(num_experts):
             out[expert_part_id(e)] = int(counts[e]) if counts is not None else 0
         return out
+
+
+class RoundPlanner:
+    """The clock's planner (`clock.Planner`): every round of a run is planned with the same
+    strategy instance and context (never a new strategy per round).
+
+    Attributes:
+        context: the scenario's matching context.
+        strategy: the one strategy instance of the run.
+    """
+
+    def __init__(self, context: MatchingContext, strategy: MatchingStrategy) -> None:
+        self.context = context
+        self.strategy = strategy
+
+    def __call__(
+        self, round: int, profiles: Sequence[ProfileSnapshot], load: ExpertLoadState
+    ) -> RoundPlan:
+        """The plan of `round` over the known `profiles` and `load` (`plan_round`)."""
+        return plan_round(profiles, load, round=round, context=self.context, strategy=self.strategy)
 
 
 def candidate_profiles(snapshots: Iterable[ProfileSnapshot], round: int) -> list[ProfileSnapshot]:

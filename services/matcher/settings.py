@@ -14,7 +14,9 @@ class MatcherSettings:
     """The round clock: which strategy matches, how long rounds may run, when the next opens."""
 
     strategy: str = setting(
-        "FEDMOE_MATCHER_STRATEGY", "fitness", f"matching strategy, one of {STRATEGY_NAMES}"
+        "FEDMOE_MATCHER_STRATEGY",
+        "fitness",
+        f"matching strategy, one of: {', '.join(STRATEGY_NAMES)}",
     )
     max_rounds: int = setting(
         "FEDMOE_MATCHER_MAX_ROUNDS",

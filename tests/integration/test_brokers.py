@@ -171,7 +171,7 @@ async def test_broker_env_creates_every_topic(
             await admin.close()
     partitions = {t["topic"]: len(t["partitions"]) for t in described}
     assert partitions == {name: spec.partitions for name, spec in table.kafka_specs()}
-    # Tansu keeps the compaction config it was given (it does not compact, DESIGN §5).
+    # Tansu keeps the compaction config it was given (it does not compact, docs/design.md §5).
     entries = configs[0].resources[0][4]
     assert ("cleanup.policy", "compact") in [(e[0], e[1]) for e in entries]
     report = local_brokers.topics[broker_env.namespace]
