@@ -2,7 +2,7 @@
 
     fedmoe experiment --out DIR [--quick] [--seeds N] [--strategies fitness,random,...]
                       [--regimes fleet,label-skew] [--devices N] [--experts E] [--rounds R]
-                      [--workers W]
+                      [--workers W] [--fitness OPTIONS] [--ablation]
 
 First the centralized reference of every (regime, seed) (the target is 0.8 × its mean, fixed
 before any federated run), then one `moe.simulation.run_simulation` per (regime, strategy,
@@ -10,6 +10,10 @@ seed), in a process pool of `--workers` processes (BLAS single-threaded in each,
 processes use W cores). Writes DIR/summary.json (`moe.simulation.experiment.summarize`),
 DIR/runs.json (every run's per-round accuracy, load CV and late updates), DIR/accuracy.png and
 DIR/load.png, and prints the headline figures. A tqdm bar on stderr counts finished jobs.
+
+--ablation adds the fitness strategy's ablation (`moe.simulation.ablation`): every ingredient
+of the (tuned, --fitness-overridden) configuration removed, and each kept alone, run as extra
+paired strategies; DIR/ablation.md tabulates them against fitness and the best peer.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from fedmoe.settings import add_arguments, from_args, setting
 from moe.fleet import DEFAULT_DEADLINE_S
 from moe.matching import STRATEGY_NAMES
 from moe.scenario import ScenarioConfig
+from moe.simulation.ablation import ablation_table, ablation_variants
 from moe.simulation.experiment import (
     EXPERIMENT_REGIMES,
+    OURS,
     CentralJob,
     ExperimentPlan,
     RunJob,
+    fitness_strategy,
     parse_fitness_options,
     run_job,
     summarize,
@@ -94,6 +101,12 @@ class ExperimentSettings:
         "overrides of the tuned fitness strategy, e.g. 'quality=0.2,equal_load=0' "
         "(FitnessWeights fields, upper_slack, min_clients, equal_load, spread)",
     )
+    ablation: bool = setting(
+        "FEDMOE_EXPERIMENT_ABLATION",
+        False,
+        "also run fitness with each ingredient removed and each alone (needs fitness among "
+        "the strategies); writes ablation.md",
+    )
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategy_names if s not in STRATEGY_NAMES]
@@ -109,6 +122,8 @@ class ExperimentSettings:
                 raise SettingsError(f"FEDMOE_EXPERIMENT_{name.upper()} must be >= 0")
         if self.workers < 1:
             raise SettingsError("FEDMOE_EXPERIMENT_WORKERS must be >= 1")
+        if self.ablation and OURS not in self.strategy_names:
+            raise SettingsError(f"FEDMOE_EXPERIMENT_ABLATION needs {OURS!r} in the strategies")
         try:
             self.plan()
         except ValueError as exc:
@@ -129,6 +144,7 @@ class ExperimentSettings:
         seeds = self.seeds or (QUICK_SEEDS if self.quick else FULL_SEEDS)
         per_regime = QUICK_ROUNDS if self.quick else FULL_ROUNDS
         regimes = tuple(dict.fromkeys(self.regime_names))
+        options = parse_fitness_options(self.fitness)
         base = ScenarioConfig(
             num_devices=self.devices,
             num_experts=self.experts,
@@ -144,7 +160,8 @@ class ExperimentSettings:
             rounds=self.rounds or max(per_regime.values()),
             base=base,
             regime_rounds={} if self.rounds else per_regime,
-            fitness_options=parse_fitness_options(self.fitness),
+            fitness_options=options,
+            variants=ablation_variants(fitness_strategy(dict(options))) if self.ablation else {},
         )
 
 
@@ -200,6 +217,8 @@ def run(settings: ExperimentSettings) -> dict[str, Any]:
     summary["workers"] = settings.workers
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "runs.json").write_text(json.dumps([_run_record(r) for r in runs]) + "\n")
+    if plan.variants:
+        (out / "ablation.md").write_text(ablation_table(summary))
     grouped: dict[str, dict[str, list[RunResult]]] = {
         str(g): {
             s: sorted((r for r in runs if (r.regime, r.strategy) == (g, s)), key=_seed)
@@ -279,5 +298,6 @@ def main(argv: list[str]) -> int:
         return 2
     summary = run(settings)
     print(_report(summary))
-    print(f"wrote {settings.out / 'summary.json'}, accuracy.png, load.png, runs.json")
+    extra = ", ablation.md" if settings.ablation else ""
+    print(f"wrote {settings.out / 'summary.json'}, accuracy.png, load.png, runs.json{extra}")
     return 0

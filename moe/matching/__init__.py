@@ -21,7 +21,6 @@ from moe.matching.solvers import (
 )
 from moe.matching.strategies import (
     STRATEGY_NAMES,
-    TUNED_FITNESS,
     AffinityStrategy,
     FitnessStrategy,
     LeastLoadedStrategy,
@@ -31,7 +30,6 @@ from moe.matching.strategies import (
 
 __all__ = [
     "STRATEGY_NAMES",
-    "TUNED_FITNESS",
     "AffinityStrategy",
     "FitnessStrategy",
     "FitnessWeights",

@@ -2,7 +2,14 @@
 
 The score of client c for expert e at round t:
 
-    F(c,e) = w_q·Q̃(c,e) + w_a·Ã(c,e) + w_s·S(c) − w_l'·P(e) + w_x·X(c,e)
+    F(c,e) = w_u·Ũ(c,e) + w_a·Ã(c,e) + w_q·Q̃(c,e) + w_s·S(c) − w_l'·P(e) + w_x·X(c,e)
+
+- Ũ, statistical utility (`statistical_utility`): the loss mass c's data brings to e,
+  |B_c|·A(c,e)·L(c,e) with L the RMS loss of c's samples routed to e under the global model
+  before its last training (Oort's |B|·sqrt(mean loss²), split over experts by the gate),
+  scaled to [0, 1]. Measured before training, unlike Q: it says where the global expert is
+  still wrong for c's data, not how well c overfits it. It is the ingredient that earned its
+  rounds on the tuning seeds (moe/simulation/TUNING.md).
 
 - Ã, affinity: A(c,e) is the fraction of c's samples the current global gate routes to e;
   Ã = A / max_e A(c,·) rescales each row so the client's favourite expert scores 1 whatever E
@@ -52,9 +59,11 @@ from moe.profiles import ClientProfile
 class FitnessWeights:
     """Weights and shape parameters of the fitness score (see the module docstring).
 
-    The defaults put measured quality and affinity first (together 0.7 of a perfect pair's
-    score), load pressure next (an expert at twice the mean load loses 0.3), capability as a
-    tie-breaker between clients, and an exploration bonus of 0.08–0.2 for untried pairs.
+    The defaults are the tuned configuration (seeds 0-19, moe/simulation/TUNING.md): the
+    statistical utility leads (1.0), affinity breaks its ties (0.1), load pressure 0.3 (an
+    expert at twice the mean load loses 0.3), capability a tie-breaker between clients (0.1),
+    an exploration bonus of 0.17–0.4 for untried pairs (0.2), and measured quality off (0: Q
+    is measured after local training and rewards what a device overfits).
 
     Attributes:
         quality: w_q, weight of measured quality Q̃.
@@ -69,21 +78,18 @@ class FitnessWeights:
         load_gain: κ, growth of the load weight with the CV of clients per expert.
         utility: w_u, weight of the statistical utility Ũ (loss mass the gate routes from c to
             e under the current model, `statistical_utility`).
-        type_affinity: w_t, weight of the type affinity T̃ (`type_affinity`): clients of one
-            hardware type pulled onto the same experts.
     """
 
-    quality: float = 0.4
-    affinity: float = 0.3
+    quality: float = 0.0
+    affinity: float = 0.1
     capability: float = 0.1
     load: float = 0.3
-    exploration: float = 0.1
+    exploration: float = 0.2
     deficit: float = 0.5
     stale_rounds: float = 3.0
     pressure_cap: float = 1.0
     load_gain: float = 0.5
-    utility: float = 0.0
-    type_affinity: float = 0.0
+    utility: float = 1.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -94,7 +100,6 @@ class FitnessWeights:
             "exploration",
             "deficit",
             "utility",
-            "type_affinity",
         ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -112,25 +117,6 @@ def effective_capacity(problem: MatchingInput) -> IntArray:
     may assign (a client gets no more experts than it can finish before the deadline)."""
     cap = np.minimum(np.asarray(problem.capacity), np.asarray(problem.deadline_capacity))
     return np.clip(cap, 0, problem.num_experts).astype(np.int64)
-
-
-def margin_capacity(problem: MatchingInput, margin: float) -> IntArray:
-    """The effective capacity when the plan must fit `margin` × the deadline by the estimates
-    (`time_first`, `time_per_expert`): a device whose real round time varies around its
-    estimate is late less often when it is planned with slack. 1 (or unknown estimates) is
-    the effective capacity itself."""
-    cap = effective_capacity(problem)
-    if margin >= 1.0 or problem.time_first is None or problem.time_per_expert is None:
-        return cap
-    if problem.deadline_s is None:
-        return cap
-    budget = margin * problem.deadline_s
-    t1 = np.asarray(problem.time_first, dtype=np.float64)
-    step = np.maximum(np.asarray(problem.time_per_expert, dtype=np.float64), 1e-12)
-    fits = np.floor((budget - t1) / step) + 1.0
-    fits = np.where(t1 > budget, 0.0, fits)
-    out: IntArray = np.minimum(cap, np.clip(fits, 0, problem.num_experts).astype(np.int64))
-    return out
 
 
 def normalised_affinity(affinity: ArrayLike) -> FloatArray:
@@ -189,23 +175,6 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     return out
 
 
-def type_affinity(problem: MatchingInput) -> FloatArray:
-    """T̃(c,e): the mean row-normalised affinity Ã over the round's clients of c's hardware
-    type (Ã itself where the type is unknown). Clients of one type see their inputs through
-    one sensor layout, so keeping them on the experts their type routes to lets an expert
-    specialise instead of averaging conflicting layouts."""
-    a = normalised_affinity(problem.affinity)
-    if problem.device_type is None or a.shape[0] == 0:
-        return a
-    types = np.asarray(problem.device_type, dtype=np.int64)
-    _, inverse = np.unique(types, return_inverse=True)
-    sums = np.zeros((int(inverse.max()) + 1, a.shape[1]))
-    np.add.at(sums, inverse, a)
-    counts = np.bincount(inverse).astype(np.float64)
-    out: FloatArray = sums[inverse] / counts[inverse, None]
-    return out
-
-
 def exploration_bonus(problem: MatchingInput) -> FloatArray:
     """X(c,e) = sqrt(ln(t + 2) / (1 + n_ce)); n_ce from `trials`, else 0 where Q is NaN
     and 1 where it was measured."""
@@ -245,8 +214,6 @@ def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None
     f += (w.capability * s)[:, None]
     if w.utility > 0:
         f += w.utility * statistical_utility(problem)
-    if w.type_affinity > 0:
-        f += w.type_affinity * type_affinity(problem)
     f -= (w_load * load_pressure(problem, w))[None, :]
     if w.exploration > 0:
         base = w.exploration * math.sqrt(math.log(max(problem.round, 0) + 2.0))

@@ -24,8 +24,8 @@ from moe.errors import InfeasibleAssignmentError
 from moe.matching.base import BoolArray, FloatArray, IntArray, MatchingInput, MatchingStrategy
 from moe.matching.fitness import (
     FitnessWeights,
+    effective_capacity,
     fitness_scores,
-    margin_capacity,
 )
 from moe.matching.solvers import SolverName, check_feasible, solve, solve_exact
 
@@ -52,15 +52,15 @@ class FitnessStrategy(MatchingStrategy):
 
     Bounds, one of two policies:
 
-    - slack (default): U_e = min(problem.upper_e, max(1, ceil(slack · Σ_c cap_c / E),
+    - slack: U_e = min(problem.upper_e, max(1, ceil(slack · Σ_c cap_c / E),
       problem.lower_e)); L_e = max(problem.lower_e, min_clients) for as many experts as the
       capacities allow, the most starved first (most rounds since an update, then fewest
       samples).
-    - equal load (`equal_load`): L_e = U_e = m for every expert, the largest m the effective
-      capacities admit (m ≤ Σ cap / E), so every expert gets exactly as many clients this
-      round (load CV 0); slots beyond m·E stay unused. With fewer slots than experts (m = 0)
-      each expert takes at most one client. Falls back to slack when the caller's bounds rule
-      equal counts out.
+    - equal load (`equal_load`, the default): L_e = U_e = m for every expert, the largest m
+      the effective capacities admit (m ≤ Σ cap / E), so every expert gets exactly as many
+      clients this round (load CV 0); slots beyond m·E stay unused. With fewer slots than
+      experts (m = 0) each expert takes at most one client. Falls back to slack when the
+      caller's bounds rule equal counts out.
 
     The caller's `problem.lower` / `problem.upper` stay hard; an infeasible floor raises
     InfeasibleAssignmentError.
@@ -72,8 +72,9 @@ class FitnessStrategy(MatchingStrategy):
     A client is left below its effective capacity only where every further expert scores ≤ 0
     for it, every expert it could add is at U_e, or a floor elsewhere needs its slot.
 
-    `make_strategy("fitness")` builds it with `TUNED_FITNESS` (the matcher and the experiment
-    run that); the constructor's defaults are the general-purpose slack policy.
+    The defaults (here and in `FitnessWeights`) are the configuration tuned on seeds 0-19
+    (moe/simulation/TUNING.md): equal load, spread, and a score led by the statistical utility.
+    `make_strategy("fitness")`, the matcher and the experiment build exactly this.
     """
 
     name: ClassVar[str] = "fitness"
@@ -85,9 +86,8 @@ class FitnessStrategy(MatchingStrategy):
         *,
         upper_slack: float = 1.5,
         min_clients: int = 1,
-        equal_load: bool = False,
-        spread: bool = False,
-        deadline_margin: float = 1.0,
+        equal_load: bool = True,
+        spread: bool = True,
     ) -> None:
         """Configure the strategy.
 
@@ -98,8 +98,6 @@ class FitnessStrategy(MatchingStrategy):
             min_clients: the floor policy: clients every expert should get where feasible.
             equal_load: the equal-load policy instead of slack and floors.
             spread: every client's first expert before anyone's second.
-            deadline_margin: plan each client to finish within this fraction of the deadline
-                by its estimates (`margin_capacity`; 1: the effective capacity).
         """
         if not upper_slack >= 1.0:
             raise ValueError(f"upper_slack must be >= 1, got {upper_slack!r}")
@@ -111,9 +109,6 @@ class FitnessStrategy(MatchingStrategy):
         self.min_clients = min_clients
         self.equal_load = equal_load
         self.spread = spread
-        if not 0 < deadline_margin <= 1:
-            raise ValueError(f"deadline_margin must be in (0, 1], got {deadline_margin!r}")
-        self.deadline_margin = deadline_margin
 
     def bounds(self, problem: MatchingInput, cap: IntArray) -> tuple[IntArray, IntArray]:
         """(L, U) for this round: the caller's bounds tightened by the strategy's policy."""
@@ -189,7 +184,7 @@ class FitnessStrategy(MatchingStrategy):
 
     def assign(self, problem: MatchingInput, rng: np.random.Generator) -> BoolArray:
         """Solve max Σ F·x under effective capacities and the (L, U) bounds (no randomness)."""
-        cap = margin_capacity(problem, self.deadline_margin)
+        cap = effective_capacity(problem)
         lower, upper = self.bounds(problem, cap)
         scores = fitness_scores(problem, self.weights)
         if self.spread:
@@ -313,33 +308,13 @@ _STRATEGIES = _registry()
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(_STRATEGIES)
 
-# What `make_strategy("fitness")` builds (so the matcher service and `fedmoe experiment` run
-# the same): the configuration tuned with the experiment (fleet and label-skew, N = 30,
-# E = 8, 10-20 paired seeds; the runs and figures are in moe/simulation/TUNING.md).
-# - equal load: every expert gets the same number of clients each round (the load-CV target,
-#   ≤ 0.05), at a cost in rounds within seed noise;
-# - spread: every client trains (its first expert before anyone's second);
-# - measured quality off (w_q = 0): Q is the EMA of exp(−loss) *after* local training, so it
-#   rewards what a device overfits, not what the global gate routes to it; with it on
-#   (0.1-0.4) the median rounds to target were the same or worse in both regimes. The term
-#   stays in the score for other settings;
-# - exploration 0.2: untried pairs stay competitive (measured no worse than 0.1 or 0).
-TUNED_FITNESS: Mapping[str, object] = MappingProxyType(
-    {
-        "weights": FitnessWeights(quality=0.0, exploration=0.2),
-        "equal_load": True,
-        "spread": True,
-    }
-)
-
 
 def make_strategy(name: str, **kwargs: object) -> MatchingStrategy:
-    """Build a strategy by name ("fitness", "random", "affinity", "least-loaded").
+    """Build a strategy by name (`STRATEGY_NAMES`) with its defaults.
 
     Args:
         name: the strategy's name.
-        **kwargs: constructor arguments (only "fitness" takes any); "fitness" starts from
-            `TUNED_FITNESS`, which `kwargs` override.
+        **kwargs: constructor arguments (only "fitness" takes any).
 
     Raises:
         ValueError: unknown name, or arguments for a strategy that takes none.
@@ -351,7 +326,7 @@ def make_strategy(name: str, **kwargs: object) -> MatchingStrategy:
             f"unknown matching strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}"
         ) from None
     if cls is FitnessStrategy:
-        return FitnessStrategy(**{**TUNED_FITNESS, **kwargs})  # type: ignore[arg-type]
+        return FitnessStrategy(**kwargs)  # type: ignore[arg-type]
     if kwargs:
         raise ValueError(f"strategy {name!r} takes no arguments, got {sorted(kwargs)}")
     return cls()

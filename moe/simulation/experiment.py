@@ -9,7 +9,9 @@ in any order, in a process pool or in a loop (`fedmoe experiment` does the forme
    from these alone, before any federated run (and is the same for every strategy).
 2. `RunJob` per (regime, strategy, seed): one `run_simulation`. Seeds are paired: for one
    seed every strategy sees the same split, fleet, availability, initial weights and
-   training seeds (they all come from the `ScenarioConfig`).
+   training seeds (they all come from the `ScenarioConfig`). Fitness variants
+   (`ExperimentPlan.variants`, e.g. the ablation's, `moe.simulation.ablation`) run the same
+   way, one job per (regime, variant, seed), and report under the variant's name.
 
 `summarize` reduces the results to the figures `summary.json` holds.
 """
@@ -25,13 +27,14 @@ from typing import Any
 
 from moe.data import Regime
 from moe.matching import (
-    TUNED_FITNESS,
+    STRATEGY_NAMES,
     FitnessStrategy,
     FitnessWeights,
     MatchingStrategy,
     make_strategy,
 )
 from moe.scenario import ScenarioConfig, build_scenario
+from moe.simulation.ablation import format_options
 from moe.simulation.engine import run_simulation
 from moe.simulation.records import RunResult
 from moe.simulation.summary import (
@@ -133,6 +136,7 @@ class RunJob:
         rounds: R.
         fitness_options: overrides of the fitness strategy's tuned configuration
             (`parse_fitness_options`); ignored for the other strategies.
+        label: the result's `strategy` (a fitness variant's name); empty: the strategy's.
     """
 
     regime: str
@@ -140,6 +144,7 @@ class RunJob:
     strategy: str
     rounds: int
     fitness_options: tuple[tuple[str, float], ...] = ()
+    label: str = ""
 
     def run(self) -> RunResult:
         """The run's result (single-threaded BLAS: the caller runs jobs side by side)."""
@@ -150,7 +155,7 @@ class RunJob:
         )
         with single_threaded_blas():
             result = run_simulation(self.config, matcher, self.rounds)
-        return replace(result, regime=self.regime)
+        return replace(result, regime=self.regime, strategy=self.label or result.strategy)
 
 
 # FitnessStrategy's constructor options that `parse_fitness_options` accepts besides weights.
@@ -159,8 +164,11 @@ _STRATEGY_OPTIONS = {
     "min_clients": int,
     "equal_load": bool,
     "spread": bool,
-    "deadline_margin": float,
 }
+
+
+def _known_options() -> set[str]:
+    return {f.name for f in fields(FitnessWeights)} | set(_STRATEGY_OPTIONS)
 
 
 def parse_fitness_options(spec: str) -> tuple[tuple[str, float], ...]:
@@ -170,7 +178,7 @@ def parse_fitness_options(spec: str) -> tuple[tuple[str, float], ...]:
     Raises:
         ValueError: an unknown name or a value that is not a number.
     """
-    known = {f.name for f in fields(FitnessWeights)} | set(_STRATEGY_OPTIONS)
+    known = _known_options()
     out: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, value = item.partition("=")
@@ -187,9 +195,8 @@ def parse_fitness_options(spec: str) -> tuple[tuple[str, float], ...]:
 
 
 def fitness_strategy(options: Mapping[str, float]) -> MatchingStrategy:
-    """The fitness strategy with `options` over its tuned configuration (`TUNED_FITNESS`)."""
-    weights = TUNED_FITNESS["weights"]
-    assert isinstance(weights, FitnessWeights)
+    """The fitness strategy with `options` over its defaults (the tuned configuration)."""
+    weights = FitnessWeights()
     weight_options = {k: v for k, v in options.items() if k not in _STRATEGY_OPTIONS}
     strategy_options = {
         k: _STRATEGY_OPTIONS[k](v) for k, v in options.items() if k in _STRATEGY_OPTIONS
@@ -218,6 +225,8 @@ class ExperimentPlan:
         regime_rounds: R for particular regimes, overriding `rounds` (label-skew reaches its
             target within a few dozen rounds, fleet takes hundreds).
         fitness_options: overrides of the fitness strategy's tuned configuration.
+        variants: extra fitness variants, run like strategies: name → options merged over
+            `fitness_options`; their results carry the name as `strategy`.
     """
 
     regimes: tuple[str, ...]
@@ -227,10 +236,18 @@ class ExperimentPlan:
     base: ScenarioConfig
     regime_rounds: Mapping[str, int] = field(default_factory=dict)
     fitness_options: tuple[tuple[str, float], ...] = ()
+    variants: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (self.regimes and self.strategies and self.seeds):
             raise ValueError("an experiment needs at least one regime, strategy and seed")
+        clash = [v for v in self.variants if v in self.strategies or v in STRATEGY_NAMES]
+        if clash:
+            raise ValueError(f"fitness variants {clash} clash with strategy names")
+        known = _known_options()
+        bad = sorted({k for opts in self.variants.values() for k, _ in opts} - known)
+        if bad:
+            raise ValueError(f"fitness variant options {bad} not in {sorted(known)}")
         unknown = [g for g in self.regimes if g not in EXPERIMENT_REGIMES]
         if unknown:
             raise ValueError(f"unknown regimes {unknown}; expected {list(EXPERIMENT_REGIMES)}")
@@ -251,14 +268,37 @@ class ExperimentPlan:
         """One centralized reference per (regime, seed)."""
         return [CentralJob(g, self.config(g, s)) for g in self.regimes for s in self.seeds]
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The names results carry: the strategies, then the fitness variants."""
+        return (*self.strategies, *self.variants)
+
+    def variant_options(self, name: str) -> tuple[tuple[str, float], ...]:
+        """Variant `name`'s options merged over `fitness_options`, sorted."""
+        return tuple(sorted({**dict(self.fitness_options), **dict(self.variants[name])}.items()))
+
     def run_jobs(self) -> list[RunJob]:
-        """One federated run per (regime, strategy, seed)."""
-        return [
+        """One federated run per (regime, strategy, seed), then per (regime, variant, seed)."""
+        jobs = [
             RunJob(g, self.config(g, s), name, self.rounds_for(g), self.fitness_options)
             for g in self.regimes
             for name in self.strategies
             for s in self.seeds
         ]
+        jobs += [
+            RunJob(
+                g,
+                self.config(g, s),
+                FitnessStrategy.name,
+                self.rounds_for(g),
+                self.variant_options(name),
+                label=name,
+            )
+            for g in self.regimes
+            for name in self.variants
+            for s in self.seeds
+        ]
+        return jobs
 
 
 def targets(
@@ -320,7 +360,8 @@ def summarize(
 ) -> dict[str, Any]:
     """The summary's figures (JSON-ready).
 
-    Per regime: its reference and target; per strategy its figures (`summarize_strategy`;
+    Per regime: its reference and target; per strategy, then per fitness variant (never a
+    best-peer candidate), its figures (`summarize_strategy`;
     censored medians are null) and ``wins_vs_fitness`` (its paired faster / tied / slower
     counts of rounds to target against fitness, from its own point of view; None for fitness
     or without it); fitness against random (``reduction_vs_random``,
@@ -335,15 +376,16 @@ def summarize(
     is censored, an upper one when fitness's is); when both are censored it is None. The CI
     is a paired bootstrap over seeds (`CI_RESAMPLES`, `CI_LEVEL`) with censored runs at R + 1.
 
-    Top level: ``reduction_vs_random`` (the ``fleet`` regime's) and
-    ``reduction_vs_best_peer`` ({regime: its reduction}).
+    Top level: ``reduction_vs_random`` (the ``fleet`` regime's),
+    ``reduction_vs_best_peer`` ({regime: its reduction}) and ``variants`` ({variant: its
+    options, `format_options`}).
     """
     regimes: dict[str, Any] = {}
     for regime in plan.regimes:
         ref = reference[regime]
         horizon = plan.rounds_for(regime) + 1
         strategies: dict[str, dict[str, Any]] = {}
-        for name in plan.strategies:
+        for name in plan.labels:
             mine = [r for r in runs if r.regime == regime and r.strategy == name]
             strategies[name] = summarize_strategy(
                 mine,
@@ -365,7 +407,10 @@ def summarize(
             if s["bytes_per_device_vs_whole_model"] is not None
         ]
         vs_random = _versus(strategies, OURS, "random", horizon)
-        peer = best_peer(strategies, deadline_aware)
+        # Variants are fitness itself, never its peer (their names are not deadline-aware
+        # peers either; this keeps it so whatever `deadline_aware` holds).
+        peers = {n: f for n, f in strategies.items() if n not in plan.variants}
+        peer = best_peer(peers, deadline_aware)
         vs_peer = _versus(strategies, OURS, peer, horizon)
         regimes[regime] = {
             **ref,
@@ -396,6 +441,7 @@ def summarize(
         "seeds": list(plan.seeds),
         "strategies": list(plan.strategies),
         "fitness_options": dict(plan.fitness_options),
+        "variants": {name: format_options(opts) for name, opts in plan.variants.items()},
         "scenario": {
             "num_devices": plan.base.num_devices,
             "num_experts": plan.base.num_experts,

@@ -9,6 +9,7 @@ from fedmoe.commands.experiment import ExperimentSettings, main
 from fedmoe.errors import SettingsError
 from fedmoe.settings import load_settings
 from moe.matching import STRATEGY_NAMES, FitnessStrategy
+from moe.simulation.ablation import ablation_variants
 from moe.simulation.experiment import fitness_strategy
 
 STRATEGY_FIELDS = {
@@ -107,3 +108,43 @@ def test_fitness_strategy_applies_the_options() -> None:
     assert not s.equal_load
     assert s.spread
     assert s.min_clients == 2
+
+
+def test_ablation_writes_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "ablation"
+    code = main(
+        [
+            "--out", str(out),
+            "--seeds", "1",
+            "--rounds", "4",
+            "--devices", "12",
+            "--experts", "4",
+            "--workers", "1",
+            "--regimes", "label-skew",
+            "--strategies", "fitness,affinity-feasible",
+            "--ablation",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    variants = ablation_variants()
+    assert variants
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["variants"]) == set(variants)
+    skew = summary["regimes"]["label-skew"]
+    assert list(skew["strategies"]) == ["fitness", "affinity-feasible", *variants]
+    assert skew["best_peer"] == "affinity-feasible"
+    table = (out / "ablation.md").read_text()
+    assert "## label-skew" in table
+    for name in variants:
+        assert f"| {name} |" in table
+
+
+def test_ablation_needs_fitness() -> None:
+    with pytest.raises(SettingsError, match="ABLATION"):
+        load_settings(ExperimentSettings, {}, ablation=True, strategies="random")
+    plan = load_settings(ExperimentSettings, {}, ablation=True, fitness="spread=0").plan()
+    assert "fitness-no-spread" not in plan.variants
+    assert "fitness-no-affinity" in plan.variants
+    job = next(j for j in plan.run_jobs() if j.label == "fitness-no-affinity")
+    assert job.strategy == "fitness"
+    assert dict(job.fitness_options) == {"affinity": 0.0, "spread": 0.0}
