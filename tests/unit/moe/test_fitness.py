@@ -20,6 +20,7 @@ from moe.matching.fitness import (
     fitness_scores,
     load_pressure,
     normalised_affinity,
+    statistical_utility,
 )
 from moe.profiles import TelemetryReading, fold_round_outcome, fold_telemetry
 
@@ -43,11 +44,17 @@ def problem(c: int = 3, e: int = 4, **kw: object) -> MatchingInput:
     return MatchingInput(**base)  # type: ignore[arg-type]
 
 
-ONLY = {
-    "quality": FitnessWeights(1, 0, 0, 0, 0),
-    "affinity": FitnessWeights(0, 1, 0, 0, 0),
-    "capability": FitnessWeights(0, 0, 1, 0, 0),
+NONE = {
+    "quality": 0.0,
+    "affinity": 0.0,
+    "capability": 0.0,
+    "load": 0.0,
+    "exploration": 0.0,
+    "utility": 0.0,
 }
+# One term at a time, every other weight explicitly 0 (not the defaults).
+ONLY = {term: FitnessWeights(**{**NONE, term: 1.0}) for term in NONE}
+LOAD_ONLY = {**NONE, "load": 1.0}
 
 
 def test_matching_input_checks_shapes() -> None:
@@ -94,11 +101,52 @@ def test_default_formula_by_hand() -> None:
         trials=np.array([[0, 3]]),
     )
     w = FitnessWeights()
-    f = fitness_scores(p, w)
-    bonus = math.sqrt(math.log(7.0))
-    deficit = w.deficit * 0.5 * (0.0 + 0.0)  # no samples anywhere, nothing stale yet
-    assert f[0, 0] == pytest.approx(0.4 * 1.0 + 0.3 * 1.0 + 0.1 * 0.6 + deficit * 0.3 + 0.1 * bonus)
-    assert f[0, 1] == pytest.approx(0.4 * 0.3 + 0.3 * 0.25 + 0.1 * 0.6 + 0.1 * bonus / 2.0)
+    assert w == FitnessWeights(
+        quality=0.0, affinity=0.1, capability=0.1, load=0.3, exploration=0.2, utility=1.0
+    )
+    f = fitness_scores(p)
+    assert np.array_equal(f, fitness_scores(p, w))
+    bonus = math.sqrt(math.log(7.0))  # round 5: ln(t + 2)
+    # No load, no samples anywhere, nothing stale yet: P = 0 for both experts.
+    assert np.allclose(load_pressure(p, w), 0.0)
+    # No sample counts or losses: |B| = 1 and L = 1 everywhere, so U = A, scaled by its
+    # 95th percentile over the round (0.2 + 0.95 * 0.6 = 0.77) and clipped to 1.
+    top = 0.2 + 0.95 * (0.8 - 0.2)
+    u = [min(0.8 / top, 1.0), 0.2 / top]
+    assert np.allclose(statistical_utility(p), [u])
+    # Q̃ (weight 0) starts from Ã for the unmeasured pair; Ã = [1, 0.25].
+    assert f[0, 0] == pytest.approx(0.0 * 1.0 + 0.1 * 1.0 + 0.1 * 0.6 + 1.0 * u[0] + 0.2 * bonus)
+    assert f[0, 1] == pytest.approx(
+        0.0 * 0.3 + 0.1 * 0.25 + 0.1 * 0.6 + 1.0 * u[1] + 0.2 * bonus / 2.0
+    )
+
+
+def test_statistical_utility() -> None:
+    p = problem(
+        c=3,
+        e=2,
+        affinity=np.array([[0.5, 0.5], [1.0, 0.0], [0.25, 0.75]]),
+        num_samples=np.array([10.0, 20.0, 40.0]),
+        data_loss=np.array([1.0, 3.0, np.nan]),
+        expert_loss=np.array([[2.0, np.nan], [np.nan, np.nan], [np.nan, np.nan]]),
+    )
+    u = statistical_utility(p)
+    # L: client 0 measured expert 0 (2.0), falls back to its data loss for expert 1 (1.0);
+    # client 1 reported only its data loss (3.0); client 2 nothing: the median 2.0.
+    # |B|·A·L = [[10, 5], [60, 0], [20, 60]]; the 95th percentile is 60.
+    assert np.allclose(u, np.array([[10.0, 5.0], [60.0, 0.0], [20.0, 60.0]]) / 60.0)
+    assert ((u >= 0.0) & (u <= 1.0)).all()
+    assert u[1, 1] == 0.0  # zero affinity: nothing of client 1's data reaches expert 1
+    # An outlier above the 95th percentile is clipped to 1, not allowed to flatten the rest.
+    big = statistical_utility(replace(p, num_samples=np.array([10.0, 20.0, 4000.0])))
+    assert big.max() == 1.0
+    assert ((big >= 0.0) & (big <= 1.0)).all()
+    assert big[1, 1] == 0.0
+    # Nothing known at all: |B| = 1 and L = 1, so U is A scaled by its 95th percentile.
+    bare = statistical_utility(replace(p, num_samples=None, data_loss=None, expert_loss=None))
+    a = p.affinity
+    assert np.allclose(bare, np.clip(a / np.quantile(a, 0.95), 0.0, 1.0))
+    assert statistical_utility(replace(p, affinity=np.zeros((3, 2)))).tolist() == [[0.0] * 2] * 3
 
 
 def test_load_pressure_terms() -> None:
@@ -113,15 +161,15 @@ def test_load_pressure_terms() -> None:
     over = np.array([1.0, 0.0, -1.0, -1.0])
     starving = 0.5 * (np.array([0.0, 0.0, 0.0, 1.0]) + np.array([0.0, 0.0, 0.5, 0.5]))
     assert np.allclose(pressure, over - w.deficit * starving)
-    f = fitness_scores(p, FitnessWeights(0, 0, 0, 1, 0, load_gain=0.0))
+    f = fitness_scores(p, FitnessWeights(**LOAD_ONLY, load_gain=0.0))
     assert np.allclose(f, -pressure[None, :])
     assert (np.argsort(f[0]) == [0, 1, 2, 3]).all()  # the most starved expert scores best
 
 
 def test_load_weight_grows_with_imbalance() -> None:
     skew = problem(expert_clients=np.array([8.0, 0.0, 0.0, 0.0]))
-    flat = FitnessWeights(0, 0, 0, 1, 0, load_gain=0.0)
-    adaptive = FitnessWeights(0, 0, 0, 1, 0, load_gain=1.0)
+    flat = FitnessWeights(**LOAD_ONLY, load_gain=0.0)
+    adaptive = FitnessWeights(**LOAD_ONLY, load_gain=1.0)
     cv = math.sqrt(3.0)
     assert np.allclose(fitness_scores(skew, adaptive), (1 + cv) * fitness_scores(skew, flat))
 
@@ -145,7 +193,7 @@ def test_exploration_bonus() -> None:
     assert np.allclose(derived[:, 0], base / math.sqrt(2.0))
     assert np.allclose(derived[:, 1:], base)
     no_x = FitnessWeights(exploration=0.0)
-    with_x = FitnessWeights()
+    with_x = FitnessWeights(exploration=0.2)
     assert (fitness_scores(p, with_x) > fitness_scores(p, no_x)).all()
 
 

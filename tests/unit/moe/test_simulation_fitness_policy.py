@@ -4,10 +4,11 @@ round, every client's first expert before anyone's second, one LP for small roun
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from moe.load import imbalance
 from moe.matching import FitnessStrategy, MatchingInput, make_strategy
-from moe.matching.fitness import effective_capacity, fitness_scores
+from moe.matching.fitness import FitnessWeights, effective_capacity, fitness_scores
 from moe.matching.solvers import assignment_violations, objective, solve_exact
 
 
@@ -31,7 +32,7 @@ def round_problem(c: int = 10, e: int = 8, seed: int = 0) -> MatchingInput:
 
 
 def test_equal_load_gives_every_expert_the_same_clients() -> None:
-    strategy = FitnessStrategy(equal_load=True)
+    strategy = FitnessStrategy(equal_load=True, spread=False)
     for seed in range(20):
         p = round_problem(seed=seed)
         cap = effective_capacity(p)
@@ -50,7 +51,7 @@ def test_equal_load_gives_every_expert_the_same_clients() -> None:
 
 def test_spread_gives_each_client_one_expert_first() -> None:
     strategy = FitnessStrategy(equal_load=True, spread=True)
-    plain = FitnessStrategy(equal_load=True)
+    plain = FitnessStrategy(equal_load=True, spread=False)
     for seed in range(20):
         p = round_problem(c=12, seed=seed)
         cap = effective_capacity(p)
@@ -67,10 +68,12 @@ def test_spread_gives_each_client_one_expert_first() -> None:
         assert x.sum() == y.sum()
 
 
-def test_small_rounds_solve_one_lp_with_the_same_optimum() -> None:
+@pytest.mark.parametrize("equal_load", [False, True], ids=["slack", "equal-load"])
+def test_small_rounds_solve_one_lp_with_the_same_optimum(equal_load: bool) -> None:
+    # One solve (spread=False): the single LP's optimum is the exact solver's.
+    strategy = FitnessStrategy(equal_load=equal_load, spread=False)
     for seed in range(10):
         p = round_problem(c=15, seed=seed)
-        strategy = FitnessStrategy()
         cap = effective_capacity(p)
         lower, upper = strategy.bounds(p, cap)
         scores = fitness_scores(p, strategy.weights)
@@ -82,6 +85,7 @@ def test_small_rounds_solve_one_lp_with_the_same_optimum() -> None:
 def test_make_strategy_builds_the_tuned_fitness() -> None:
     s = make_strategy("fitness")
     assert isinstance(s, FitnessStrategy)
+    assert s.weights == FitnessWeights()
     assert s.equal_load
     assert s.spread
     override = make_strategy("fitness", equal_load=False)

@@ -10,7 +10,14 @@ import pytest
 from moe.errors import InfeasibleAssignmentError
 from moe.load import imbalance
 from moe.matching.base import MatchingInput
-from moe.matching.fitness import effective_capacity, fitness_scores
+from moe.matching.feasible import (
+    AffinityFeasibleStrategy,
+    LeastLoadedFeasibleStrategy,
+    RandomFeasibleStrategy,
+)
+from moe.matching.fitness import FitnessWeights, effective_capacity, fitness_scores
+from moe.matching.flexmoe import FlexMoEStrategy
+from moe.matching.oort import OortStrategy
 from moe.matching.solvers import assignment_violations, objective
 from moe.matching.strategies import (
     STRATEGY_NAMES,
@@ -42,6 +49,17 @@ def fleet(c: int = 200, e: int = 16, seed: int = 0, *, skew: bool = True) -> Mat
 
 
 BASELINES = (RandomStrategy(), AffinityStrategy(), LeastLoadedStrategy())
+
+# The slack-and-floors policy (U_e from upper_slack, L_e from min_clients), one solve.
+SLACK = {"equal_load": False, "spread": False}
+# Scores spelled out, so the score-dependent tests do not move with the defaults: the tuned
+# score (led by the statistical utility) and the one before the utility term.
+TUNED = FitnessWeights(
+    quality=0.0, affinity=0.1, capability=0.1, load=0.3, exploration=0.2, utility=1.0
+)
+PRE_UTILITY = FitnessWeights(
+    quality=0.4, affinity=0.3, capability=0.1, load=0.3, exploration=0.1, utility=0.0
+)
 
 
 @pytest.mark.parametrize("strategy", BASELINES, ids=lambda s: s.name)
@@ -101,7 +119,7 @@ def test_least_loaded_balances_and_prefers_light_history() -> None:
 
 def test_fitness_respects_effective_capacity_and_bounds() -> None:
     p = fleet()
-    s = FitnessStrategy()
+    s = FitnessStrategy(**SLACK)
     x = s.assign(p, np.random.default_rng(0))
     cap = effective_capacity(p)
     lower, upper = s.bounds(p, cap)
@@ -114,8 +132,9 @@ def test_fitness_respects_effective_capacity_and_bounds() -> None:
 
 def test_fitness_fills_capacity_when_scores_are_positive() -> None:
     p = fleet()
-    x = FitnessStrategy().assign(p, np.random.default_rng(0))
-    assert (fitness_scores(p) > 0).all()
+    s = FitnessStrategy(TUNED, **SLACK)
+    x = s.assign(p, np.random.default_rng(0))
+    assert (fitness_scores(p, TUNED) > 0).all()
     assert (x.sum(axis=1) == effective_capacity(p)).all()
 
 
@@ -127,7 +146,7 @@ def test_fitness_floors_the_most_starved_experts_when_capacity_is_short() -> Non
         deadline_capacity=np.ones(5, dtype=int),
         rounds_since_update=np.array([0] * 11 + [9, 8, 7, 6, 5]),
     )
-    s = FitnessStrategy()
+    s = FitnessStrategy(**SLACK)
     lower, _ = s.bounds(p, effective_capacity(p))
     assert lower.tolist() == [0] * 11 + [1] * 5
     x = s.assign(p, np.random.default_rng(0))
@@ -144,15 +163,16 @@ def test_fitness_raises_on_infeasible_hard_floors() -> None:
         FitnessStrategy().assign(p, np.random.default_rng(0))
 
 
-def test_fitness_lowers_load_cv_compared_to_affinity() -> None:
+@pytest.mark.parametrize("weights", [TUNED, PRE_UTILITY], ids=["tuned", "pre-utility"])
+def test_fitness_lowers_load_cv_compared_to_affinity(weights: FitnessWeights) -> None:
     p = fleet(c=400, seed=3)
     # Load history says the popular experts were swamped last rounds.
     history = AffinityStrategy().assign(p, np.random.default_rng(0)).sum(axis=0).astype(float)
     p = replace(p, expert_clients=history, deadline_capacity=p.capacity)
     affinity = AffinityStrategy().assign(p, np.random.default_rng(1))
-    unbounded = FitnessStrategy(upper_slack=float("inf"), min_clients=0)
+    unbounded = FitnessStrategy(weights, upper_slack=float("inf"), min_clients=0, **SLACK)
     fitness = unbounded.assign(p, np.random.default_rng(1))
-    bounded = FitnessStrategy().assign(p, np.random.default_rng(1))
+    bounded = FitnessStrategy(weights, **SLACK).assign(p, np.random.default_rng(1))
     cv_affinity, _ = imbalance(affinity.sum(axis=0))
     cv_unbounded, _ = imbalance(fitness.sum(axis=0))
     cv_bounded, _ = imbalance(bounded.sum(axis=0))
@@ -163,20 +183,41 @@ def test_fitness_lowers_load_cv_compared_to_affinity() -> None:
 
 def test_fitness_exact_and_fast_agree() -> None:
     p = fleet(c=300, seed=4)
-    scores = fitness_scores(p)
-    exact = FitnessStrategy(solver="exact").assign(p, np.random.default_rng(0))
-    fast = FitnessStrategy(solver="fast").assign(p, np.random.default_rng(0))
+    scores = fitness_scores(p, TUNED)
+    exact = FitnessStrategy(TUNED, "exact", **SLACK).assign(p, np.random.default_rng(0))
+    fast = FitnessStrategy(TUNED, "fast", **SLACK).assign(p, np.random.default_rng(0))
     assert objective(scores, fast) >= 0.99 * objective(scores, exact)
 
 
 def test_make_strategy() -> None:
-    assert set(STRATEGY_NAMES) == {"fitness", "random", "affinity", "least-loaded"}
+    classes = {
+        "fitness": FitnessStrategy,
+        "random-feasible": RandomFeasibleStrategy,
+        "least-loaded-feasible": LeastLoadedFeasibleStrategy,
+        "affinity-feasible": AffinityFeasibleStrategy,
+        "oort": OortStrategy,
+        "flex-moe": FlexMoEStrategy,
+        "random": RandomStrategy,
+        "affinity": AffinityStrategy,
+        "least-loaded": LeastLoadedStrategy,
+    }
+    assert set(STRATEGY_NAMES) == set(classes)
     for name in STRATEGY_NAMES:
-        assert make_strategy(name).name == name
+        built = make_strategy(name)
+        assert built.name == name
+        assert type(built) is classes[name]
+    # One source of truth: by name is exactly the class's defaults.
+    default = make_strategy("fitness")
+    assert isinstance(default, FitnessStrategy)
+    assert default.weights == FitnessWeights()
+    assert default.equal_load
+    assert default.spread
+    assert default.solver == "auto"
     s = make_strategy("fitness", solver="fast", upper_slack=2.0)
     assert isinstance(s, FitnessStrategy)
     assert s.solver == "fast"
     assert s.upper_slack == 2.0
+    assert s.weights == FitnessWeights()
     with pytest.raises(ValueError, match="unknown matching strategy 'nope'"):
         make_strategy("nope")
     with pytest.raises(ValueError, match="takes no arguments"):
@@ -195,7 +236,7 @@ def test_an_empty_round(name: str) -> None:
 def test_fitness_keeps_the_callers_bounds_hard() -> None:
     p = fleet(c=100)
     p = replace(p, upper=np.full(16, 5), lower=np.array([3] + [0] * 15))
-    s = FitnessStrategy(upper_slack=10.0)
+    s = FitnessStrategy(upper_slack=10.0, **SLACK)
     x = s.assign(p, np.random.default_rng(0))
     counts = x.sum(axis=0)
     assert counts.max() <= 5
