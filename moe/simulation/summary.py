@@ -172,9 +172,9 @@ def _cumulative_to(
 
 
 def round_bytes(rec: RoundRecord) -> int:
-    """Bytes of one round: parts down, updates up, and control traffic when recorded (gate
-    rows, telemetry, assignments, acks: `bytes_control`, 0 where the record has none)."""
-    return rec.bytes_down + rec.bytes_up + int(getattr(rec, "bytes_control", 0))
+    """Bytes of one round that crossed MQTT: parts down, updates up, and the control traffic
+    (status, telemetry, round marker, gate rows, assignments, acks: `bytes_control`)."""
+    return rec.bytes_down + rec.bytes_up + rec.bytes_control
 
 
 def time_to_target(result: RunResult, target: float, window: int = TARGET_WINDOW) -> float | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pytest
 
@@ -26,13 +25,6 @@ from moe.simulation.summary import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _ControlRecord(RoundRecord):
-    """A record with control bytes (the field another change adds to RoundRecord)."""
-
-    bytes_control: int = 0
-
-
 def _run(
     accuracies: Sequence[float],
     *,
@@ -45,7 +37,7 @@ def _run(
     control: int = 0,
 ) -> RunResult:
     records = tuple(
-        _ControlRecord(
+        RoundRecord(
             round=i + 1,
             accuracy=a,
             load_cv=0.5,
