@@ -167,7 +167,6 @@ def run_simulation(
     on_round: OnRound | None = None,
     scenario: Scenario | None = None,
     rule: AggregationRule | None = None,
-    stop: Callable[[Sequence[RoundRecord]], bool] | None = None,
 ) -> RunResult:
     """Run `rounds` federated rounds of `config` with `strategy` (see the module docstring).
 
@@ -178,7 +177,6 @@ def run_simulation(
         on_round: called with each round's record as soon as it is measured.
         scenario: the world `config` builds, when the caller has it already (must match).
         rule: the aggregation rule of every part (FedAvg when None).
-        stop: asked after each round with the records so far; True ends the run early.
 
     Returns:
         The run's per-round records. Deterministic: the same arguments give the same result,
@@ -202,8 +200,6 @@ def run_simulation(
         records.append(record)
         if on_round is not None:
             on_round(record)
-        if stop is not None and stop(records):
-            break
     return RunResult(
         regime=config.regime,
         strategy=matcher.name,
