@@ -7,7 +7,8 @@ overrides that remove it. For every ingredient present in the tuned configuratio
 `ablation_variants` gives two fitness variants:
 
 - ``fitness-no-<ingredient>``: that ingredient removed, everything else as tuned;
-- ``fitness-only-<ingredient>``: every other present ingredient removed.
+- ``fitness-only-<term>``: one term of the score kept, the other present terms removed (the
+  assignment policies, load and spread, stay).
 
 The experiment runs them like strategies (`ExperimentPlan.variants`), so the paired results
 say where a gain of fitness over its peers comes from. `ablation_table` renders the summary's
@@ -144,8 +145,9 @@ def ablation_table(summary: Mapping[str, Any]) -> str:
     lines = [
         "# Ablation of the fitness strategy",
         "",
-        "`fitness-no-X`: fitness with ingredient X removed; `fitness-only-X`: every other "
-        "ingredient removed. Rounds to target: median over the paired seeds (`>R`: censored, "
+        "`fitness-no-X`: fitness with ingredient X removed; `fitness-only-X`: the score's "
+        "term X alone (the other terms removed, load and spread policies kept). Rounds to "
+        "target: median over the paired seeds (`>R`: censored, "
         "not reached within R rounds in more than half of them); censored: seeds that never "
         "reached it; vs fitness: seeds where the row reached it faster / tied / slower than "
         "fitness; load CV and late updates: means per round.",
