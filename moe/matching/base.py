@@ -46,7 +46,6 @@ class MatchingInput:
             (None: unknown).
         time_per_expert: estimated seconds each further expert adds (None: unknown).
         deadline_s: the round's deadline, seconds from assignment (None: unknown).
-        device_type: each client's hardware type, as it reports it (None: unknown).
 
     Every strategy gets the same input: the estimates are the profiler's (what devices
     reported), never the simulation's true round times.
@@ -75,7 +74,6 @@ class MatchingInput:
     time_first: FloatArray | None = None
     time_per_expert: FloatArray | None = None
     deadline_s: float | None = None
-    device_type: IntArray | None = None
 
     def __post_init__(self) -> None:
         c, e = np.shape(self.affinity) if np.ndim(self.affinity) == 2 else (-1, -1)
@@ -100,7 +98,6 @@ class MatchingInput:
             "last_round": (c,),
             "time_first": (c,),
             "time_per_expert": (c,),
-            "device_type": (c,),
         }
         expected.update({k: v for k, v in optional.items() if getattr(self, k) is not None})
         for name, shape in expected.items():

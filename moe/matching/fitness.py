@@ -409,5 +409,4 @@ def build_matching_input(
         time_first=one,
         time_per_expert=two - one,
         deadline_s=deadline_s,
-        device_type=np.array([p.device_type for p in profiles], dtype=np.int64),
     )
