@@ -82,7 +82,8 @@ def make_instance(clients: int, experts: int, seed: int) -> Instance:
         trials=measured.astype(np.int64),
     )
     cap = effective_capacity(problem)
-    lower, upper = FitnessStrategy().bounds(problem, cap)
+    # The slack policy: the instance the solver figures were measured on.
+    lower, upper = FitnessStrategy(equal_load=False, spread=False).bounds(problem, cap)
     return fitness_scores(problem), cap, lower, upper
 
 

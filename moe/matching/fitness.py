@@ -157,21 +157,22 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     )
     known = overall[np.isfinite(overall)]
     overall[~np.isfinite(overall)] = float(np.median(known)) if known.size else 1.0
-    loss = (
-        np.full((c, e), np.nan)
-        if problem.expert_loss is None
-        else np.asarray(problem.expert_loss, dtype=np.float64).copy()
-    )
-    loss = np.where(np.isfinite(loss), loss, overall[:, None])
     samples = (
         np.ones(c) if problem.num_samples is None else np.asarray(problem.num_samples, np.float64)
     )
-    a = np.clip(np.asarray(problem.affinity, dtype=np.float64), 0.0, None)
-    u = samples[:, None] * a * loss
+    # In place: at 10^5 clients × 256 experts every temporary is 200 MB.
+    u = np.clip(np.asarray(problem.affinity, dtype=np.float64), 0.0, None)
+    np.multiply(samples[:, None], u, out=u)
+    if problem.expert_loss is None:
+        u *= overall[:, None]
+    else:
+        loss = np.asarray(problem.expert_loss, dtype=np.float64)
+        u *= np.where(np.isfinite(loss), loss, overall[:, None])
     top = float(np.quantile(u, 0.95)) if u.size else 0.0
     if top <= 0:
         return np.zeros((c, e))
-    out: FloatArray = np.clip(u / top, 0.0, 1.0)
+    u /= top
+    out: FloatArray = np.clip(u, 0.0, 1.0, out=u)
     return out
 
 
