@@ -390,7 +390,6 @@ def summarize(
             strategies[name] = summarize_strategy(
                 mine,
                 ref["target_accuracy"],
-                plan.rounds_for(regime),
                 ref["centralized_accuracy"],
                 second_fraction=SECOND_FRACTION,
             )

@@ -204,7 +204,6 @@ def _mean(values: Sequence[float]) -> float:
 def summarize_strategy(
     runs: Sequence[RunResult],
     target: float,
-    max_rounds: int,
     reference: float,
     *,
     second_fraction: float = 0.9,
@@ -230,12 +229,10 @@ def summarize_strategy(
     Args:
         runs: the strategy's runs in the regime, one per seed.
         target: the target accuracy.
-        max_rounds: R (kept for the signature; censoring is relative to the runs' rounds).
         reference: the centralized accuracy; the second threshold is `second_fraction` of it.
         second_fraction: the second threshold's fraction (``rounds_to_0.9x_median``).
         window: the moving-average window of `rounds_to_target`.
     """
-    del max_rounds  # censored runs are None now, no longer R + 1
     runs = sorted(runs, key=lambda r: r.seed)
     to_target = [_cumulative_to(r, target, window) for r in runs]
     rounds = [t[0] for t in to_target]

@@ -218,7 +218,7 @@ def test_summarize_strategy_censoring_and_keys() -> None:
         _run([0.1, 0.95, 0.1], seed=0),  # one lucky round: censored
         _run([0.1, 0.1, 0.1], seed=2),
     ]
-    s = summarize_strategy(runs, 0.8, 3, 1.0)
+    s = summarize_strategy(runs, 0.8, 1.0)
     assert s["seeds"] == [0, 1, 2]
     assert s["rounds_to_target"] == [None, 3, None]
     assert s["rounds_to_target_median"] is None
@@ -238,7 +238,7 @@ def test_summarize_strategy_medians() -> None:
         _run([0.1, 0.9, 0.9, 0.9], seed=1, control=2),  # mean 0.9 first at round 4
         _run([0.1, 0.1, 0.1], seed=2, control=2),
     ]
-    s = summarize_strategy(runs, 0.75, 4, 1.0)
+    s = summarize_strategy(runs, 0.75, 1.0)
     assert s["rounds_to_target"] == [3, 4, None]
     assert s["rounds_to_target_median"] == 4
     assert s["censored"] == 1
