@@ -6,7 +6,7 @@
             await service.wait()
 
 On enter it reads `replay` from the beginning to the end offsets of that moment
-(`brokers.replay.replay_topics`, bounded by `replay_timeout_s`), hands the records to
+(`brokers.rebuild.replay_topics`, bounded by `replay_timeout_s`), hands the records to
 `handler.restore(records)` (the handler folds them and produces nothing), then enters a
 `ServiceRuntime` over `inputs` in `group_id`, whose first tick and first record therefore meet
 the rebuilt state. The group resumes from its committed offsets, so records up to the replay's
@@ -22,7 +22,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-from brokers.replay import ReplayedRecord, replay_topics
+from brokers.rebuild import ReplayedRecord, replay_topics
 from brokers.settings import BrokerSettings
 from schemas.topics import Topic
 from services.handler import InboundRecord, Outbound

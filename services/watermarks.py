@@ -1,6 +1,6 @@
 """Which input records a service has already folded into its state: the last offset per partition.
 
-A service that rebuilds its state by replaying its inputs (`brokers.replay.replay_topics`) and
+A service that rebuilds its state by replaying its inputs (`brokers.rebuild.replay_topics`) and
 then consumes them in its group from the committed offsets meets the records between the two
 twice (the whole topic, for a group without commits). Folding one twice must not move the state
 back: a stale `ProfileSnapshot` over a newer one, a round event already past. `Watermarks`

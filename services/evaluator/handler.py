@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from brokers.replay import ReplayedRecord
+from brokers.rebuild import ReplayedRecord
 from moe.tensors import PartTensors
 from schemas.messages import EvalMetrics, Message, PartClosed, PartVersion, RoundClosed, RoundOpened
 from schemas.topics import Topic, TopicTable

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from brokers.replay import replay_topics
+from brokers.rebuild import replay_topics
 from brokers.settings import BrokerSettings
 from fedmoe.scenario import ScenarioSettings
 from moe.wire import expert_load_message

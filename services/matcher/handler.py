@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from brokers.replay import ReplayedRecord
+from brokers.rebuild import ReplayedRecord
 from schemas.messages import (
     Assignment,
     ExpertLoad,

@@ -4,7 +4,7 @@
     assignments (Assignment)            ─┼─► ProfilerHandler ─► profiles (ProfileSnapshot)
     acks (UpdateAck)                    ─┘     state.step        key = device id
 
-On start the process reads `profiles` from the beginning to its end (`brokers.replay`) and takes
+On start the process reads `profiles` from the beginning to its end (`brokers.rebuild`) and takes
 every device's latest snapshot as its state, then consumes its inputs from the group's committed
 offsets. The runtime commits an input only after the snapshot it caused was acknowledged, so a
 committed input always has its effect in the changelog, and one handled but not committed is
@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from brokers.replay import replay_topics
+from brokers.rebuild import replay_topics
 from brokers.settings import BrokerSettings
 from fedmoe.errors import FedMoEError
 from schemas.messages import Assignment, DeviceStatus, ProfileSnapshot, Telemetry, UpdateAck

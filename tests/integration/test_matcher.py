@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers.replay import ReplayedRecord, replay_topics
+from brokers.rebuild import ReplayedRecord, replay_topics
 from brokers.settings import BrokerSettings
 from fedmoe.scenario import ScenarioSettings
 from moe.load import ExpertLoadState

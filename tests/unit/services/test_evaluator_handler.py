@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from brokers.replay import ReplayedRecord
+from brokers.rebuild import ReplayedRecord
 from moe.parts import model_layout
 from moe.scenario import ScenarioConfig, build_scenario
 from moe.training import evaluate

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from brokers.replay import ReplayedRecord
+from brokers.rebuild import ReplayedRecord
 from moe.load import ExpertLoadState
 from schemas import encode
 from schemas.messages import Message, RoundClosed, RoundOpened

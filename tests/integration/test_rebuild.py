@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brokers.kafka import KafkaProducer
-from brokers.replay import replay_topics
+from brokers.rebuild import replay_topics
 from brokers.settings import BrokerSettings
 from schemas import encode
 from schemas.messages import DeviceStatus, RoundClosed

@@ -1,4 +1,5 @@
-"""Read whole topics from the beginning to their current end: how a service rebuilds state.
+"""Read whole topics from the beginning to their current end: how a service rebuilds its state
+at start-up (not the replay of recorded fleet traffic, which is `recording/`).
 
 A service whose state is a fold of topics (its own changelog, such as the profiler's compacted
 `profiles`, or the matcher's `rounds`) reads them once at start with `replay_topics` before it
