@@ -30,6 +30,7 @@ from moe.aggregation.base import (
     check_state_array,
 )
 from moe.aggregation.errors import SnapshotError
+from moe.aggregation.kernels import fold_into_mean, squared_distance
 from moe.errors import InvalidArgumentError
 from moe.tensors import PartTensors
 
@@ -92,27 +93,20 @@ class FedAvgAccumulator(PartAccumulator):
         return self._clipped
 
     def _accumulate(self, update_key: str, tensors: PartTensors, weight: float) -> None:
-        # Deltas in float64 first: the base and the update are float32, and their difference
-        # must not lose the small changes a round makes.
-        deltas = {
-            name: np.subtract(tensors[name], self._base[name], dtype=np.float64)
-            for name in self._means
-        }
+        # Deltas in float64 (inside the kernels): the base and the update are float32, and
+        # their difference must not lose the small changes a round makes.
         scale = 1.0
         if self._max_norm is not None:
-            norm = math.sqrt(sum(float(np.vdot(d.ravel(), d.ravel())) for d in deltas.values()))
+            norm = math.sqrt(
+                sum(squared_distance(tensors[name], self._base[name]) for name in self._means)
+            )
             if norm > self._max_norm:
                 scale = self._max_norm / norm
                 self._clipped += 1
         # The base class adds `weight` to the total after this returns; this update's share.
         share = weight / (self._total_weight + weight)
-        for name, delta in deltas.items():
-            mean = self._means[name]
-            if scale != 1.0:
-                delta *= scale
-            delta -= mean
-            delta *= share
-            mean += delta
+        for name, mean in self._means.items():
+            fold_into_mean(mean, tensors[name], self._base[name], scale, share)
 
     def _result(self) -> dict[str, NDArray[Any]]:
         return cast_like(

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from moe.aggregation.kernels import all_finite
 from moe.errors import LayoutError, UpdateRejected
 from moe.tensors import PartLayout, PartTensors, TensorSpec
 
@@ -101,7 +102,7 @@ def check_tensors(tensors: object, layout: PartLayout) -> None:
             raise UpdateRejected("wrong-dtype", f"{name}: {array.dtype} != {spec.dtype}")
     # Values last: this is the only O(parameters) pass, done once the structure is known good.
     for name in layout:
-        if not np.isfinite(tensors[name]).all():
+        if not all_finite(tensors[name]):
             raise UpdateRejected("non-finite", f"{name}: contains NaN or inf")
 
 

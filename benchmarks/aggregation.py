@@ -1,0 +1,209 @@
+"""Benchmark of per-part streaming aggregation beside numpy's in-place ceiling.
+
+    python -m benchmarks.aggregation [--quick] [--updates N] [--repeats N] [--rule NAME]
+
+For each part size (64 KB to 256 MB of float32 weights) it times, on one core:
+
+- `fold`: what the aggregator does per update, end to end: decode the `PartUpdate` record
+  (the codec, zero-copy tensors), validate it against the part's layout (structure, dtype,
+  finiteness) and fold it into the rule's streaming accumulator; GB/s of update bytes;
+- `ceiling`: numpy's in-place `a += w * b` over the same arrays (`np.multiply(b, w, out=tmp)`,
+  `np.add(a, tmp, out=a)`: two passes, no allocation), the memory-bandwidth bound of any
+  weighted fold written in numpy.
+
+Parts larger than one message (`schemas.limits.MAX_MESSAGE_BYTES`) cannot travel as one
+record today; for them the `fold` row decodes each tensor from its wire form directly
+(`schemas.tensor.unpack_tensor`) instead of a whole message and says so (`"path": "tensors"`).
+
+Each line also reports the fold's peak extra memory (`accumulator_mb`: the rule's state, the
+O(part) bound) and the process's peak RSS. Prints one JSON line per (size, figure):
+`{"benchmark", "figure", "unit", "value", "ceiling", "ratio", ...params}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moe.aggregation.registry import make_rule
+from moe.aggregation.validation import layout_of, validate_update
+from schemas.codec import decode_as, encode
+from schemas.limits import MAX_MESSAGE_BYTES, MAX_TENSOR_ELEMENTS
+from schemas.messages import PartPayload, PartUpdate
+from schemas.tensor import pack_tensor, unpack_tensor
+
+KB = 1024
+MB = 1024 * KB
+FULL_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB, 16 * MB, 64 * MB, 256 * MB)
+QUICK_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB)
+# Room for the message's envelope and msgpack framing around the tensors.
+_ENVELOPE_BYTES = 4 * KB
+
+Tensors = dict[str, NDArray[np.float32]]
+
+
+def part_tensors(nbytes: int, rng: np.random.Generator) -> Tensors:
+    """float32 tensors totalling `nbytes`, each within the wire's per-tensor element limit."""
+    elements = nbytes // 4
+    out: Tensors = {}
+    index = 0
+    while elements > 0:
+        n = min(elements, MAX_TENSOR_ELEMENTS)
+        out[f"w{index}"] = rng.standard_normal(n, dtype=np.float32)
+        elements -= n
+        index += 1
+    return out
+
+
+def encode_update(tensors: Tensors, index: int) -> bytes:
+    """One `PartUpdate` record as the gateway writes it to Kafka."""
+    return encode(
+        PartUpdate(
+            message_id=f"u{index}/expert-0",
+            device_id=f"dev-{index}",
+            round=1,
+            timestamp=0.0,
+            update_id=f"u{index}",
+            parts_total=1,
+            num_samples=100 + index,
+            payload=PartPayload(
+                part="expert-0",
+                base_version=0,
+                weight=float(100 + index),
+                loss=0.5,
+                tensors=tensors,
+            ),
+        )
+    )
+
+
+def _best(fn: Callable[[], None], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    nbytes: int, updates: int, repeats: int, rule_name: str, seed: int
+) -> list[dict[str, Any]]:
+    """The `fold` and `ceiling` lines of one part size."""
+    rng = np.random.default_rng(seed)
+    base = part_tensors(nbytes, rng)
+    layout = layout_of(base)
+    rule = make_rule(rule_name)
+    as_message = nbytes + _ENVELOPE_BYTES <= MAX_MESSAGE_BYTES
+    # Updates on the wire: whole records where they fit, else each tensor's wire form.
+    sources: list[Tensors] = [
+        {name: (array + rng.standard_normal(1, dtype=np.float32)) for name, array in base.items()}
+        for _ in range(updates)
+    ]
+    if as_message:
+        records = [encode_update(t, i) for i, t in enumerate(sources)]
+    else:
+        wire = [{name: bytes(pack_tensor(a).data) for name, a in t.items()} for t in sources]
+    del sources
+
+    state: dict[str, Any] = {}
+
+    def fold() -> None:
+        acc = rule.start(base)
+        for i in range(updates):
+            if as_message:
+                msg = decode_as(records[i], PartUpdate)
+                tensors: Any = msg.payload.tensors
+                weight: object = msg.payload.weight
+            else:
+                tensors = {name: unpack_tensor(data) for name, data in wire[i].items()}
+                weight = float(100 + i)
+            w = validate_update("expert-0", tensors, layout, weight)
+            acc.add(f"u{i}", tensors, w)
+        state["result"] = acc.result()
+        state["acc_mb"] = acc.nbytes / MB
+
+    # The ceiling folds the same decoded arrays, so both sides read the same bytes.
+    arrays = (
+        [decode_as(r, PartUpdate).payload.tensors for r in records]
+        if as_message
+        else [{n: unpack_tensor(d) for n, d in t.items()} for t in wire]
+    )
+    sums = {name: np.zeros_like(a) for name, a in base.items()}
+    tmp = {name: np.empty_like(a) for name, a in base.items()}
+
+    def ceiling() -> None:
+        for i, tensors in enumerate(arrays):
+            w = np.float32(1.0 / (i + 1))
+            for name, b in tensors.items():
+                np.multiply(b, w, out=tmp[name])
+                np.add(sums[name], tmp[name], out=sums[name])
+
+    fold_s = _best(fold, repeats)
+    ceil_s = _best(ceiling, repeats)
+    moved_gb = nbytes * updates / 1e9
+    fold_gbs, ceil_gbs = moved_gb / fold_s, moved_gb / ceil_s
+    params = {
+        "part_bytes": nbytes,
+        "updates": updates,
+        "rule": rule_name,
+        "path": "message" if as_message else "tensors",
+        "cores": 1,
+    }
+    return [
+        {
+            "benchmark": "aggregation",
+            "figure": "fold_throughput",
+            "unit": "GB/s",
+            "value": round(fold_gbs, 3),
+            "ceiling": round(ceil_gbs, 3),
+            "ratio": round(fold_gbs / ceil_gbs, 3),
+            "seconds": round(fold_s, 4),
+            "accumulator_mb": round(state["acc_mb"], 2),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            **params,
+        }
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.aggregation", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="64 KB to 4 MB only")
+    parser.add_argument("--updates", type=int, default=8, help="updates folded per part")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
+    parser.add_argument("--rule", default="fedavg", help="aggregation rule (moe.aggregation)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes-mb", default=None, help="comma-separated part sizes in MB")
+    args = parser.parse_args(argv)
+    if args.sizes_mb:
+        sizes: Sequence[int] = [int(float(x) * MB) for x in args.sizes_mb.split(",")]
+    else:
+        sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    machine = {"machine": platform.machine(), "cpus": _cpus()}
+    for nbytes in sizes:
+        updates = args.updates if nbytes <= 64 * MB else max(2, args.updates // 4)
+        for line in measure(nbytes, updates, args.repeats, args.rule, args.seed):
+            print(json.dumps({**line, **machine}), flush=True)
+    return 0
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The blockwise fold kernels: bitwise equal to the whole-array expressions they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe.aggregation.kernels import (
+    BLOCK_ELEMENTS,
+    all_finite,
+    fold_into_mean,
+    squared_distance,
+)
+
+SIZES = [1, 7, BLOCK_ELEMENTS - 1, BLOCK_ELEMENTS, 2 * BLOCK_ELEMENTS + 5]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_fold_into_mean_is_bitwise_the_whole_array_expression(size: int, scale: float) -> None:
+    rng = np.random.default_rng(size)
+    base = rng.standard_normal(size).astype(np.float32).reshape(-1, 1)
+    mean = rng.standard_normal(size).reshape(-1, 1) * 1e-3
+    expected = mean.copy()
+    update = (base + rng.standard_normal(base.shape).astype(np.float32) * 1e-2).astype(np.float32)
+    share = 0.3
+    delta = np.subtract(update, base, dtype=np.float64)
+    if scale != 1.0:
+        delta *= scale
+    delta -= expected
+    delta *= share
+    expected += delta
+
+    fold_into_mean(mean, update, base, scale, share)
+
+    assert np.array_equal(mean, expected)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_squared_distance_matches_float64(size: int) -> None:
+    rng = np.random.default_rng(size)
+    a = rng.standard_normal(size).astype(np.float32)
+    b = rng.standard_normal(size).astype(np.float32)
+    exact = float(np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    assert squared_distance(a, b) == pytest.approx(exact, rel=1e-12)
+
+
+def test_squared_distance_propagates_non_finite() -> None:
+    a = np.zeros(3 * BLOCK_ELEMENTS, np.float32)
+    a[2 * BLOCK_ELEMENTS + 1] = np.nan
+    assert np.isnan(squared_distance(a, np.zeros_like(a)))
+
+
+def test_sizes_must_agree() -> None:
+    with pytest.raises(ValueError, match="sizes differ"):
+        squared_distance(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="sizes differ"):
+        fold_into_mean(np.zeros(3), np.zeros(3, np.float32), np.zeros(4, np.float32), 1.0, 0.5)
+
+
+def test_fold_into_mean_refuses_a_non_contiguous_mean() -> None:
+    mean = np.zeros((4, 4))[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fold_into_mean(mean, np.zeros(8, np.float32), np.zeros(8, np.float32), 1.0, 0.5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value(bad: float) -> None:
+    a = np.ones(2 * BLOCK_ELEMENTS, np.float32)
+    assert all_finite(a)
+    a[BLOCK_ELEMENTS + 3] = bad
+    assert not all_finite(a)
+
+
+def test_all_finite_accepts_finite_values_whose_squares_overflow() -> None:
+    a = np.full(10, 3e38, np.float32)
+    assert all_finite(a)
+    assert all_finite(np.arange(5))  # integers are always finite
