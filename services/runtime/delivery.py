@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from schemas import encode
 from schemas.topics import Topic, TopicTable
 from services.errors import ServiceFailed
 from services.handler import Outbound
-from services.metrics import Outcome, ServiceMetrics
+from services.metrics import Latency, Outcome, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Delivery:
         self._metrics = metrics
         self._backoff = backoff
         self._interrupt = interrupt
-        self._pending: list[tuple[EncodedRecord, Awaitable[RecordAck]]] = []
+        self._pending: list[tuple[EncodedRecord, Awaitable[RecordAck], float]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -99,13 +100,13 @@ class Delivery:
             ack = await self._enqueue(record)
             if ack is None:
                 return False
-            self._pending.append((record, ack))
+            self._pending.append((record, ack, time.monotonic()))
         return True
 
     async def confirm(self) -> bool:
         """Wait for every ack (re-sending on retriable failures); False when interrupted."""
         pending, self._pending = self._pending, []
-        for record, first in pending:
+        for record, first, enqueued in pending:
             ack: Awaitable[RecordAck] | None = first
             attempt = 0
             while True:
@@ -124,6 +125,7 @@ class Delivery:
                     ack = await self._enqueue(record)
                     continue
                 self._metrics.inc(Outcome.PRODUCED)
+                self._metrics.observe(Latency.PRODUCE, time.monotonic() - enqueued)
                 break
         return True
 

@@ -50,8 +50,9 @@ from services.handler import (
     PartitionListener,
     Ticker,
 )
-from services.metrics import Outcome, ServiceMetrics
+from services.metrics import Latency, Outcome, ServiceMetrics
 from services.runtime.delivery import Backoff, Delivery, EncodedRecord, encode_outbound
+from services.runtime.lag import highwaters
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class ConsumeLoop:
         self._generation = 0  # bumped on every revoke: fetched-before records are stale
         self._revokes_waiting = 0  # revokes waiting for the batch in hand
         self._assigned: set[Partition] = set()
+        self._next: dict[tuple[str, int], int] = {}  # next offset to read, per partition
         # Outputs of handled work (a record or a tick) whose delivery was interrupted: the
         # handler's state already holds that work, so they go out before anything else and
         # nothing is checkpointed or committed while they wait (else a restart would take the
@@ -207,6 +209,8 @@ class ConsumeLoop:
                 await self._backoff.sleep(poll_failures, self._stopping)
                 continue
             poll_failures = 0
+            self._metrics.polls += 1
+            self._note_lags(consumer, records)
             async with self._lock:
                 if not self._stopping.is_set() and self._revokes_waiting == 0:
                     self._interrupt.clear()  # a revoke that interrupted the last batch is over
@@ -220,6 +224,19 @@ class ConsumeLoop:
                 if self._ticker is not None and self._clock() >= next_tick:
                     await self._tick(self._ticker)
                     next_tick = self._clock() + self._settings.tick_interval_s
+
+    def _note_lags(self, consumer: Consumer, records: Sequence[ConsumedRecord]) -> None:
+        """Lag per owned partition: its end (as the last fetch saw it) minus the next offset
+        to read (the last record fetched + 1; before any record, the end counts as read)."""
+        for record in records:
+            self._next[(record.topic, record.partition)] = record.offset + 1
+        ends = highwaters(consumer, self._assigned)
+        owned = {(p.topic, p.partition) for p in self._assigned}
+        self._metrics.forget_lags(owned)
+        for key in owned:
+            end = ends.get(key)
+            if end is not None:
+                self._metrics.set_lag(*key, end - self._next.get(key, end))
 
     async def _poll(self, consumer: Consumer) -> tuple[list[ConsumedRecord], int]:
         """One `getmany`, and the revoke generation at the moment it returned.
@@ -311,6 +328,7 @@ class ConsumeLoop:
             try:
                 outputs = await self._handler.handle(inbound)
                 encoded = [encode_outbound(out, self._table) for out in outputs]
+                self._metrics.outputs(outputs)
             except InvalidPayload as exc:
                 return [self._dead_letter(record, message, str(exc), type(exc).__name__)]
             except FedMoEError as exc:
@@ -348,7 +366,7 @@ class ConsumeLoop:
     def _dead_letter(
         self, record: ConsumedRecord, message: Message | None, reason: str, error: str
     ) -> EncodedRecord:
-        self._metrics.inc(Outcome.DEAD_LETTERED)
+        self._metrics.dead_letter(error)
         log.warning(
             "%s: dead letter from %s/%d@%d: %s (%s)",
             self.name,
@@ -378,6 +396,7 @@ class ConsumeLoop:
         try:
             outputs: Sequence[Outbound] = await ticker.on_tick(self._clock())
             encoded = [encode_outbound(out, self._table) for out in outputs]
+            self._metrics.outputs(outputs)
         except Exception:
             # The next tick tries again; a tick has no input to dead-letter.
             self._metrics.inc(Outcome.TICK_ERRORS)
@@ -433,6 +452,7 @@ class ConsumeLoop:
         never = asyncio.Event()
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
                 await consumer.commit(offsets)
             except CommitFailed as exc:
@@ -456,4 +476,5 @@ class ConsumeLoop:
                 await self._backoff.sleep(attempt, never)
                 continue
             self._metrics.inc(Outcome.COMMITTED)
+            self._metrics.observe(Latency.COMMIT, time.monotonic() - started)
             return

@@ -8,10 +8,12 @@
 On enter it starts the producer (unless one is passed in, e.g. shared with the gateway's MQTT
 side), the consumer in its group with the loop as rebalance listener, and an
 `asyncio.TaskGroup` with two named tasks: `<name>:consume` (the loop) and `<name>:metrics` (the
-periodic metrics line). On exit it stops the loop, waits up to `drain_timeout_s` for it to
-deliver and commit what is in hand (then cancels it), and stops the consumer and the producer,
-each bounded by the broker timeout. A fatal error of the loop cancels the body and is raised
-from `__aexit__` as itself (not wrapped in an ExceptionGroup).
+periodic metrics line), and, when `FEDMOE_METRICS_PORT` is set, the process's HTTP endpoint
+(`/metrics`, `/healthz`, `/readyz`: `services.runtime.http`). On exit it stops the loop, waits
+up to `drain_timeout_s` for it to deliver and commit what is in hand (then cancels it), and
+stops the consumer and the producer, each bounded by the broker timeout. A fatal error of the
+loop cancels the body and is raised from `__aexit__` as itself (not wrapped in an
+ExceptionGroup).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from brokers.settings import BrokerSettings
 from fedmoe.signals import stop_on_signals
 from schemas.topics import Topic
 from services.handler import Handler
-from services.metrics import ServiceMetrics, log_periodically
+from services.metrics import ServiceMetrics, log_periodically, prometheus_registry
+from services.runtime.http import MetricsServer
 from services.runtime.loop import ConsumeLoop
 from services.runtime.settings import RuntimeSettings
 
@@ -89,6 +92,7 @@ class ServiceRuntime:
         self._loop_task: asyncio.Task[None] | None = None
         self._stack: AsyncExitStack | None = None
         self._done = asyncio.Event()
+        self.metrics_server: MetricsServer | None = None  # when FEDMOE_METRICS_PORT is set
 
     def _kafka_consumer(
         self, topics: Sequence[str], group_id: str, listener: RebalanceListener
@@ -127,6 +131,15 @@ class ServiceRuntime:
             consumer = await stack.enter_async_context(
                 self._consumer_factory(self.topics, self.group_id, loop)
             )
+            if self.settings.metrics_port:
+                self.metrics_server = await stack.enter_async_context(
+                    MetricsServer(
+                        prometheus_registry(self.metrics),
+                        lambda: self.metrics.ready(self.settings.ready_max_lag),
+                        host=self.settings.metrics_host,
+                        port=self.settings.metrics_port,
+                    )
+                )
             group = await stack.enter_async_context(asyncio.TaskGroup())
             self._loop = loop
             self._loop_task = group.create_task(
@@ -144,9 +157,11 @@ class ServiceRuntime:
         return self
 
     async def _consume(self, loop: ConsumeLoop, consumer: Consumer) -> None:
+        self.metrics.running = True
         try:
             await loop.run(consumer)
         finally:
+            self.metrics.running = False
             self._done.set()
 
     def stop(self) -> None:

@@ -46,6 +46,19 @@ class RuntimeSettings:
     metrics_interval_s: float = setting(
         "FEDMOE_RUNTIME_METRICS_INTERVAL_S", 30.0, "period of the metrics log line, seconds"
     )
+    metrics_port: int = setting(
+        "FEDMOE_METRICS_PORT",
+        0,
+        "port of the process's HTTP endpoint: /metrics (Prometheus), /healthz, /readyz (0 = off)",
+    )
+    metrics_host: str = setting(
+        "FEDMOE_METRICS_HOST", "127.0.0.1", "address the metrics endpoint binds (0.0.0.0 in docker)"
+    )
+    ready_max_lag: int = setting(
+        "FEDMOE_RUNTIME_READY_MAX_LAG",
+        1000,
+        "/readyz answers 503 while any owned partition is more records behind than this",
+    )
     auto_offset_reset: str = setting(
         "FEDMOE_RUNTIME_AUTO_OFFSET_RESET",
         "earliest",
@@ -68,6 +81,10 @@ class RuntimeSettings:
         ):
             if not value > 0:
                 raise SettingsError(f"{env}: {value} is not > 0")
+        if not 0 <= self.metrics_port < 65536:
+            raise SettingsError(f"FEDMOE_METRICS_PORT: {self.metrics_port} is not a port or 0")
+        if self.ready_max_lag < 0:
+            raise SettingsError("FEDMOE_RUNTIME_READY_MAX_LAG must be >= 0")
         if self.retry_max_s < self.retry_initial_s:
             raise SettingsError("FEDMOE_RUNTIME_RETRY_MAX_S must be >= the initial backoff")
         if self.auto_offset_reset not in {"earliest", "latest"}:
