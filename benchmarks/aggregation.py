@@ -48,17 +48,18 @@ FULL_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB, 16 * MB, 64 * MB, 256 * 
 QUICK_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB)
 # Room for the message's envelope and msgpack framing around the tensors.
 _ENVELOPE_BYTES = 4 * KB
+_TENSOR_ELEMENTS = min(MAX_TENSOR_ELEMENTS, MAX_MESSAGE_BYTES // 8)
 
 Tensors = dict[str, NDArray[np.float32]]
 
 
 def part_tensors(nbytes: int, rng: np.random.Generator) -> Tensors:
-    """float32 tensors totalling `nbytes`, each within the wire's per-tensor element limit."""
+    """float32 tensors totalling `nbytes`, each at most 4 MiB (one fits in a message)."""
     elements = nbytes // 4
     out: Tensors = {}
     index = 0
     while elements > 0:
-        n = min(elements, MAX_TENSOR_ELEMENTS)
+        n = min(elements, _TENSOR_ELEMENTS)
         out[f"w{index}"] = rng.standard_normal(n, dtype=np.float32)
         elements -= n
         index += 1

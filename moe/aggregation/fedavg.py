@@ -1,15 +1,16 @@
 """Streaming weighted FedAvg, with optional norm clipping of each update's delta.
 
-The new part is `base + Σ wᵢ·clip(uᵢ − base) / Σ wᵢ`, which without clipping is exactly the
-weighted average `Σ wᵢ·uᵢ / Σ wᵢ` of the updates (McMahan et al., 2017). Only a running
-weighted mean of the deltas (float64, one array per parameter) and the total weight are kept,
-so memory is O(parameters) however many devices report: updates are never buffered.
+The new part is `Σ wᵢ·xᵢ / Σ wᵢ` with `xᵢ = base + clip(uᵢ − base)`, which without clipping is
+exactly the weighted average of the updates (McMahan et al., 2017). Only a running weighted
+mean of the xᵢ (float64, one array per parameter) and the total weight are kept, so memory is
+O(parameters) however many devices report: updates are never buffered.
 
-Why a running mean (`m += wₖ/Wₖ · (dₖ − m)`) rather than a running sum `Σ wᵢ·dᵢ`: it is the
-same streaming state, but independent of the weights' scale, so a tiny weight (which would
-underflow `w·d` to zero) or a huge one (which would overflow the sum) still averages right.
-Deltas rather than raw updates keep the float64 state small next to the weights, and clipping
-needs them anyway.
+Why a running mean (`m ← (1 − sₖ)·m + sₖ·xₖ`, `sₖ = wₖ/Wₖ`) rather than a running sum
+`Σ wᵢ·xᵢ`: the same streaming state, but independent of the weights' scale, so a tiny weight
+(which would underflow) or a huge one (which would overflow the sum) still averages right. A
+mean of updates rather than of deltas lets an unclipped update (the common case) fold without
+touching the base: the fold runs at memory speed (`moe.aggregation.kernels`,
+`benchmarks/aggregation.py`); float64 keeps the small changes a round makes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from moe.aggregation.errors import SnapshotError
 from moe.aggregation.kernels import fold_into_mean, squared_distance
 from moe.errors import InvalidArgumentError
 from moe.tensors import PartTensors
+
+_MEAN_OF = "updates"
+"""What the state's float64 arrays are a running weighted mean of (checked on restore)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +97,6 @@ class FedAvgAccumulator(PartAccumulator):
         return self._clipped
 
     def _accumulate(self, update_key: str, tensors: PartTensors, weight: float) -> None:
-        # Deltas in float64 (inside the kernels): the base and the update are float32, and
-        # their difference must not lose the small changes a round makes.
         scale = 1.0
         if self._max_norm is not None:
             norm = math.sqrt(
@@ -106,20 +108,22 @@ class FedAvgAccumulator(PartAccumulator):
         # The base class adds `weight` to the total after this returns; this update's share.
         share = weight / (self._total_weight + weight)
         for name, mean in self._means.items():
-            fold_into_mean(mean, tensors[name], self._base[name], scale, share)
+            fold_into_mean(mean, tensors[name], share, self._base[name], scale)
 
     def _result(self) -> dict[str, NDArray[Any]]:
-        return cast_like(
-            {name: m + self._base[name] for name, m in self._means.items()}, self._base
-        )
+        return cast_like(self._means, self._base)
 
     def _state(self) -> tuple[Plain, dict[str, NDArray[Any]]]:
-        return {"clipped": self._clipped}, {name: m.copy() for name, m in self._means.items()}
+        meta = {"clipped": self._clipped, "mean_of": _MEAN_OF}
+        return meta, {name: m.copy() for name, m in self._means.items()}
 
     def _load(self, meta: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -> None:
         clipped = meta.get("clipped", 0)
         if isinstance(clipped, bool) or not isinstance(clipped, int) or clipped < 0:
             raise SnapshotError(f"fedavg clipped {clipped!r}")
+        if meta.get("mean_of") != _MEAN_OF:
+            # Before the memory-speed fold the state was a mean of deltas: not the same arrays.
+            raise SnapshotError(f"fedavg state holds a mean of {meta.get('mean_of')!r}")
         if set(arrays) != set(self._means):
             raise SnapshotError(f"fedavg arrays {sorted(arrays)} != {sorted(self._means)}")
         self._means = {

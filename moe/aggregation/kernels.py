@@ -49,31 +49,37 @@ def squared_distance(update: NDArray[Any], base: NDArray[Any]) -> float:
 def fold_into_mean(
     mean: NDArray[np.float64],
     update: NDArray[Any],
-    base: NDArray[Any],
-    scale: float,
     share: float,
+    base: NDArray[Any] | None = None,
+    scale: float = 1.0,
 ) -> None:
-    """`mean += share · (scale · (update − base) − mean)` in place, blockwise.
+    """`mean ← (1 − share)·mean + share·x` in place, blockwise, with x the (clipped) update.
 
-    The running weighted mean of (scaled) deltas that streaming FedAvg keeps; elementwise the
-    same operations in the same order as the whole-array expression, so the result is bitwise
-    the same, at a fraction of the memory traffic.
+    x is `update`, or `base + scale·(update − base)` when `scale` ≠ 1 (a clipped delta; `base`
+    is then required). The float32 update is widened to float64 once per block, in cache.
     """
     if not mean.flags.c_contiguous:
         raise ValueError("mean must be C-contiguous (it is updated in place)")
-    m, u, b = _flat(mean), _flat(update), _flat(base)
+    clipped = scale != 1.0
+    if clipped and base is None:
+        raise ValueError("a scaled update needs its base")
+    m, u = _flat(mean), _flat(update)
+    b = _flat(base) if base is not None else u
     if not (m.size == u.size == b.size):
         raise ValueError(f"sizes differ: {m.size}, {u.size}, {b.size}")
     tmp = np.empty(min(u.size, BLOCK_ELEMENTS), np.float64)
+    keep = 1.0 - share
     for start in range(0, u.size, BLOCK_ELEMENTS):
         stop = min(start + BLOCK_ELEMENTS, u.size)
-        d = np.subtract(u[start:stop], b[start:stop], out=tmp[: stop - start], dtype=np.float64)
-        if scale != 1.0:
-            d *= scale
-        block = m[start:stop]
-        d -= block
-        d *= share
-        block += d
+        t, block = tmp[: stop - start], m[start:stop]
+        np.copyto(t, u[start:stop])
+        if clipped:
+            t -= b[start:stop]
+            t *= scale
+            t += b[start:stop]
+        t *= share
+        block *= keep
+        block += t
 
 
 def all_finite(array: NDArray[Any]) -> bool:
