@@ -59,11 +59,27 @@ class ProcessGroup:
         """Child name → pid, in start order."""
         return {c.name: c.pid for c in self._children}
 
+    def child(self, name: str) -> Child:
+        """The child started as `name` (its latest start). KeyError when there is none."""
+        for c in self._children:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
     async def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
-        """Start `argv` as child `name`, its stdout and stderr to `<log_dir>/<name>.log`."""
+        """Start `argv` as child `name`, its stdout and stderr to `<log_dir>/<name>.log`.
+
+        A name whose child has exited may be started again (a supervisor's restart): the new
+        child replaces it and its output is appended to the same log."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"{name}.log"
-        log_file = log_path.open("wb")
+        old = next((c for c in self._children if c.name == name), None)
+        if old is not None:
+            if old.process.returncode is None:
+                raise ChildProcessFailed(f"{name} (pid {old.pid}) is still running")
+            old.log_file.close()
+            self._children.remove(old)
+        log_file = log_path.open("ab" if old is not None else "wb")
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
