@@ -1,15 +1,18 @@
-"""Benchmark of the assignment solvers: time and objective, exact vs fast, up to 10^5 clients.
+"""Benchmark of the assignment solvers: time and objective, exact vs fast, up to 10^6 clients.
 
-    python -m benchmarks.matching [--quick] [--seed N] [--repeats N] [--exact-max-pairs N]
+    python -m benchmarks.matching [--quick | --large] [--seed N] [--repeats N] [--exact-max-pairs N]
 
-Prints one JSON line per (fleet, solver):
-`{"clients", "experts", "solver", "seconds", "objective", "gap_vs_exact", "gap_vs_bound"}`:
+Prints one JSON line per (fleet, solver) in the benchmarks' common form
+`{"benchmark": "matching", "figure": "objective", "unit": "score", "value", "ceiling", "ratio",
+...}`: `value` is the assignment's objective, `ceiling` D an LP-duality upper bound on the
+optimum (`solvers.dual_bound`), `ratio` = value / D (so 1 − ratio bounds the true gap from
+above at every size). Beside them: `seconds` (the solver alone, scores given; the best of
+`--repeats` runs for the fast path), `scores_seconds` (building the fitness scores, once),
 `gap_vs_exact` = (exact − fast) / |exact| (0.0 for the exact row, null where exact was skipped
-because the fleet has more than `--exact-max-pairs` client–expert pairs); `gap_vs_bound` =
-(D − objective) / |objective| with D an LP-duality upper bound on the optimum
-(`solvers.dual_bound`), so it bounds the true gap from above at every size. `seconds` is the
-solver alone (scores given), the best of `--repeats` runs for the fast path; every answer is
-checked against every constraint before it is reported.
+because the fleet has more than `--exact-max-pairs` client–expert pairs) and `gap_vs_bound` =
+(D − objective) / |objective|. Every answer is checked against every constraint before it is
+reported. `--large` runs 10^6 clients × 256 experts and 10^5 × 1,024;
+`peak_rss_mb` says what the process held at most so far.
 
 Instances are what `FitnessStrategy` would solve on a realistic round: affinity rows drawn
 from a Dirichlet around a skewed expert popularity (a few experts are wanted by most devices),
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,13 +54,15 @@ FULL_SIZES: tuple[tuple[int, int], ...] = (
     (100_000, 256),
 )
 QUICK_SIZES: tuple[tuple[int, int], ...] = ((1_000, 64), (10_000, 64))
+LARGE_SIZES: tuple[tuple[int, int], ...] = ((100_000, 1_024), (1_000_000, 256))
 
 Instance = tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
 Solver = Callable[..., NDArray[np.bool_]]
 
 
-def make_instance(clients: int, experts: int, seed: int) -> Instance:
-    """(scores, capacities, lower, upper) of one realistic round (see the module docstring)."""
+def make_instance(clients: int, experts: int, seed: int) -> tuple[Instance, float]:
+    """(scores, capacities, lower, upper) of one realistic round (see the module docstring),
+    and the seconds spent building the fitness scores."""
     rng = np.random.default_rng(seed)
     popularity = rng.dirichlet(np.full(experts, 0.5)) * experts
     affinity = rng.dirichlet(0.3 * popularity + 0.05, size=clients)
@@ -84,7 +91,10 @@ def make_instance(clients: int, experts: int, seed: int) -> Instance:
     cap = effective_capacity(problem)
     # The slack policy: the instance the solver figures were measured on.
     lower, upper = FitnessStrategy(equal_load=False, spread=False).bounds(problem, cap)
-    return fitness_scores(problem), cap, lower, upper
+    del affinity, measured, a_norm, quality
+    t0 = time.perf_counter()
+    scores = fitness_scores(problem)
+    return (scores, cap, lower, upper), time.perf_counter() - t0
 
 
 def _timed(solver: Solver, inst: Instance, repeats: int) -> tuple[float, NDArray[np.bool_]]:
@@ -109,19 +119,27 @@ def run(
         c: int, e: int, solver: str, seconds: float, obj: float, gap: float | None, bound: float
     ) -> None:
         rec: dict[str, object] = {
+            "benchmark": "matching",
+            "figure": "objective",
+            "unit": "score",
+            "value": round(obj, 4),
+            "ceiling": round(bound, 4),
+            "ratio": round(obj / bound, 7) if bound else None,
             "clients": c,
             "experts": e,
             "solver": solver,
             "seconds": round(seconds, 4),
-            "objective": round(obj, 4),
+            "scores_seconds": round(scores_seconds, 4),
             "gap_vs_exact": None if gap is None else round(gap, 7),
             "gap_vs_bound": round((bound - obj) / abs(obj), 7),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "cpus": len(os.sched_getaffinity(0)),
         }
         records.append(rec)
         print(json.dumps(rec), flush=True)
 
     for c, e in sizes:
-        inst = make_instance(c, e, seed)
+        inst, scores_seconds = make_instance(c, e, seed)
         bound = dual_bound(*inst)
         exact_obj: float | None = None
         if c * e <= exact_max_pairs:
@@ -135,10 +153,20 @@ def run(
     return records
 
 
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    pairs = [item.lower().split("x") for item in text.split(",")]
+    return [(int(c), int(e)) for c, e in pairs]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.matching", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small fleets only (seconds)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="small fleets only (seconds)")
+    sizes.add_argument("--large", action="store_true", help="10^6 x 256 and 10^5 x 1,024")
+    sizes.add_argument(
+        "--sizes", default=None, help="comma-separated CLIENTSxEXPERTS, e.g. 1000x64"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="fast-path runs; best is kept")
     parser.add_argument(
@@ -149,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     run(
-        QUICK_SIZES if args.quick else FULL_SIZES,
+        _parse_sizes(args.sizes)
+        if args.sizes
+        else QUICK_SIZES
+        if args.quick
+        else LARGE_SIZES
+        if args.large
+        else FULL_SIZES,
         seed=args.seed,
         repeats=args.repeats,
         exact_max_pairs=args.exact_max_pairs,

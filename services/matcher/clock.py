@@ -133,6 +133,7 @@ class RoundClock:
         self._opened: RoundOpened | None = None
         self._closed: RoundClosed | None = None
         self._closed_parts: dict[str, int] = {}  # of the open round
+        self._applied: dict[str, int] = {}  # updates applied per closed part of the open round
         self._versions: dict[str, int] = {}  # latest known version of every part
         self._profiles: dict[str, ProfileSnapshot] = {}  # the latest per device
         self._announced = Announcements()
@@ -141,6 +142,9 @@ class RoundClock:
         self._held: tuple[int, list[Assignment]] | None = None  # round, its assignments
         self._reannounce: RoundOpened | None = None  # to produce again after a restart
         self.last_opening = ""  # why and over how many candidates the latest round opened
+        # Rounds in a row that assigned devices and closed with no update applied: the sign of
+        # a deadline shorter than the bus's own round trip (advisory; a restart starts at 0).
+        self.starved_rounds = 0
 
     # -- what it knows -----------------------------------------------------------------------
 
@@ -239,6 +243,7 @@ class RoundClock:
             # History (a replay after a restart) or another matcher: the log is the truth.
             self._opened = message
             self._closed_parts = {}
+            self._applied = {}
             self._held = None
         return []
 
@@ -247,6 +252,7 @@ class RoundClock:
         self._merge_versions({message.part: message.version})
         if message.round == self.open_round:
             self._closed_parts[message.part] = message.version
+            self._applied[message.part] = message.applied
 
     def _on_round_closed(self, message: RoundClosed) -> None:
         self._check_parts(message.model_versions, "RoundClosed.model_versions")
@@ -254,6 +260,7 @@ class RoundClock:
         if self._closed is None or message.round > self._closed.round:
             self._closed = message
             self._closed_parts = {}
+            self._applied = {}
             self._load_after_close = self._load is not None and self._load.round >= message.round
 
     def _on_load(self, message: ExpertLoad) -> None:
@@ -389,6 +396,7 @@ class RoundClock:
         )
         self._opened = opened
         self._closed_parts = {}
+        self._applied = {}
         self._held = (r, assignments) if assignments else None
         return self._announce(opened)
 
@@ -397,6 +405,10 @@ class RoundClock:
         return [Outbound(Topic.ROUNDS, ROUND_KEY, opened), *markers]
 
     def _close(self, opened: RoundOpened, reason: str, now: float) -> list[Outbound]:
+        if opened.devices:
+            starved = not any(self._applied.values())
+            self.starved_rounds = self.starved_rounds + 1 if starved else 0
+        self._applied = {}
         closed = RoundClosed(
             message_id=f"round-closed-{opened.round}",
             device_id=MATCHER_ID,

@@ -42,6 +42,10 @@ _ACCEPTS: dict[Topic, tuple[type[Message], ...]] = {
 }
 
 
+STARVED_ROUNDS_ALARM = 3
+"""Starved rounds in a row after which the matcher says the deadline cannot be met."""
+
+
 class MatcherHandler:
     """Feeds the `RoundClock` and returns what it says to produce."""
 
@@ -128,7 +132,23 @@ class MatcherHandler:
             return []
         for out in outputs:
             _log_output(out, self.clock.last_opening)
+            if isinstance(out.message, RoundClosed):
+                self._warn_if_starved()
         return outputs
+
+    def _warn_if_starved(self) -> None:
+        starved = self.clock.starved_rounds
+        if starved == STARVED_ROUNDS_ALARM or (
+            starved and starved % (10 * STARVED_ROUNDS_ALARM) == 0
+        ):
+            log.error(
+                "matcher: %d rounds in a row closed with devices assigned and no update "
+                "applied: the round deadline (%.3f s of wall time) is shorter than the bus's "
+                "own round trip (assignment out, training, update back through the gateway "
+                "and Kafka). Raise the deadline or the time scale (FEDMOE_SCENARIO_TIME_SCALE).",
+                starved,
+                self.clock.config.deadline_wall_s,
+            )
 
 
 def _where(rec: ReplayedRecord) -> tuple[str, int, int]:

@@ -489,3 +489,26 @@ def test_a_device_that_went_offline_is_no_candidate() -> None:
     clock.apply(snapshot(0, 1, online=False), at=closed_at + 0.1)
     assert clock.advance(closed_at + 5.0) == []
     assert clock.candidates(1) == []
+
+
+def test_rounds_with_devices_and_nothing_applied_count_as_starved() -> None:
+    clock = make_clock()
+    _, now = _open_round_one(clock)
+    assert clock.starved_rounds == 0  # the genesis round assigns nobody: never starved
+    # Round 1 closes at its deadline with every part closed and nothing applied.
+    close_all(clock, 1)
+    clock.advance(now + 0.1)
+    assert clock.starved_rounds == 1
+    opened = clock.opened
+    assert opened is not None
+    assert opened.devices > 0
+    # Round 2: one update applied anywhere resets the count.
+    clock.apply(load_message(ExpertLoadState.empty(4), 1), at=now + 0.2)
+    for i in range(6):
+        clock.apply(snapshot(i, 2), at=now + 0.2)
+    clock.advance(now + 0.3)
+    assert clock.open_round == 2
+    for part in PARTS:
+        clock.apply(part_closed(2, part, 1, applied=1 if part == PARTS[0] else 0), at=now + 0.4)
+    clock.advance(now + 0.5)
+    assert clock.starved_rounds == 0
