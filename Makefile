@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The broker, and its C clients (mosquitto_pub/sub: the ingest ceiling in benchmarks/).
 mosquitto:
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	@{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } \
+	  && command -v mosquitto_pub >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
 
 .PHONY: mosquitto
 
