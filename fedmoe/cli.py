@@ -12,9 +12,12 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "brokers": ("fedmoe.commands.brokers", "run local Kafka-API (Tansu) and Mosquitto brokers"),
     "experiment": ("fedmoe.commands.experiment", "in-process federated MoE simulation"),
+    "robustness": ("fedmoe.commands.robustness", "aggregation rules against malicious devices"),
     "service": ("fedmoe.commands.service", "run one microservice (gateway, matcher, ...)"),
     "fleet": ("fedmoe.commands.fleet", "run a simulated device fleet over MQTT"),
     "demo": ("fedmoe.commands.demo", "brokers + every service + a fleet, end to end"),
+    "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
+    "replay": ("fedmoe.commands.replay", "replay a recording, or ask offline what-if"),
 }
 
 

@@ -15,10 +15,21 @@ Checks run in this order; the first that matches decides:
 | `late`      | `stale`           | the round is older than the ledger window                    |
 | `rejected`  | `future-round`    | the round was never opened here (newer than the last opened) |
 | `late`      | `round-closed`    | the round was opened here but is closed (or superseded)      |
+| `rejected`  | `unassigned`      | the round was opened with its assignments and the device was |
+|             |                   | not assigned this part                                       |
 | `rejected`  | `stale`           | base_version < current version: trained from an old version  |
 | `rejected`  | `unknown-version` | base_version > current version                               |
+| `rejected`  | `over-weight`     | the weight exceeds the device's cap (the samples its profile |
+|             |                   | says it holds), or is not a number (`bad-weight`)            |
 | `rejected`  | a validation code | see `moe.aggregation.validation`, or `too-many-updates`      |
 | `applied`   | (none)            | folded into the round's aggregate and recorded               |
+
+Behind the gateway nothing a device says about others is trusted: when the caller opens a round
+with its assignments (`open_round(r, assigned={device: cap})`, what the matcher decided), an
+update counts only from a device assigned this part in this round, and its weight (the samples
+it claims) is capped by what its profile says it holds. Under `clipped-fedavg`
+(`moe.aggregation.clipping`) the aggregator also keeps the part's recent update norms, from
+which each round's clipping bound is derived when it opens.
 
 Duplicates are checked before round and version on purpose: a device that resends an applied
 update after the round closed must hear "duplicate" (stop resending, it counted), not "late".
@@ -50,10 +61,11 @@ from moe.aggregation.base import (
     PartAccumulator,
     Plain,
 )
+from moe.aggregation.clipping import ClippedFedAvg, NormHistory
 from moe.aggregation.errors import RoundStateError, SnapshotError
 from moe.aggregation.ledger import DEFAULT_WINDOW, UpdateKey, UpdateLedger
 from moe.aggregation.registry import rule_from_plain, rule_to_plain
-from moe.aggregation.validation import VALIDATION_REASONS, check_layout
+from moe.aggregation.validation import VALIDATION_REASONS, check_layout, check_weight
 from moe.errors import InvalidArgumentError, UpdateRejected
 from moe.tensors import PartLayout, PartTensors
 
@@ -69,6 +81,8 @@ VERDICT_REASONS = VALIDATION_REASONS | {
     "round-closed",
     "unknown-version",
     "too-many-updates",
+    "unassigned",
+    "over-weight",
 }
 
 
@@ -107,6 +121,9 @@ class RoundStats:
         update_norm: L2 norm of (new − old) over all the part's tensors; 0 when not updated.
         verdicts: count of each verdict label (`Verdict.label`) offered while the round was
             open, whatever round the offers named.
+        clip_bound: the round's clipping bound (`clipped-fedavg`), None when nothing was clipped
+            at (another rule, or too little history).
+        clipped: applied updates whose delta the bound scaled down.
     """
 
     part: str
@@ -118,6 +135,8 @@ class RoundStats:
     total_weight: float
     update_norm: float
     verdicts: Mapping[str, int]
+    clip_bound: float | None = None
+    clipped: int = 0
 
 
 class RoundResult(NamedTuple):
@@ -182,6 +201,15 @@ class PartAggregator:
         self._last: int | None = None
         self._accumulator: PartAccumulator | None = None
         self._verdicts: Counter[str] = Counter()
+        # The open round's assignments (device -> weight cap); None: not checked.
+        self._assigned: dict[str, float] | None = None
+        # clipped-fedavg only: the part's recent update norms, the open round's bound, and the
+        # norms applied in the open round (they join the history when it closes).
+        self._history: NormHistory | None = (
+            rule.history() if isinstance(rule, ClippedFedAvg) else None
+        )
+        self._bound: float | None = None
+        self._round_norms: list[float] = []
 
     @property
     def part_id(self) -> str:
@@ -224,11 +252,26 @@ class PartAggregator:
         return self._accumulator.total_weight if self._accumulator is not None else 0.0
 
     @property
+    def assigned(self) -> Mapping[str, float] | None:
+        """The open round's assigned devices and their weight caps (None: not checked)."""
+        return None if self._assigned is None else MappingProxyType(self._assigned)
+
+    @property
+    def clip_bound(self) -> float | None:
+        """The open round's clipping bound (None: no clipping)."""
+        return self._bound
+
+    @property
+    def norm_history(self) -> tuple[float, ...]:
+        """The part's recent update norms (`clipped-fedavg`; empty for other rules)."""
+        return self._history.norms if self._history is not None else ()
+
+    @property
     def ledger(self) -> UpdateLedger:
         """The applied-update ledger (read it; mutate it only through `offer`)."""
         return self._ledger
 
-    def open_round(self, round: int) -> bool:
+    def open_round(self, round: int, assigned: Mapping[str, float] | None = None) -> bool:
         """Open `round` for updates.
 
         Replays are harmless: opening a round not newer than the last opened one (the same
@@ -236,6 +279,10 @@ class PartAggregator:
 
         Args:
             round: the round the matcher opened.
+            assigned: the devices assigned this part in this round, each with the most weight
+                its update may carry (the samples its profile says it holds). An update from
+                any other device is `rejected/unassigned`, a heavier one `over-weight`. None
+                checks neither (callers that do not know the assignment).
 
         Returns:
             True when the round was opened, False for a replay.
@@ -243,7 +290,9 @@ class PartAggregator:
         Raises:
             RoundStateError: when an older round is still open (close it first, since its
                 result must be published), or `round` is not an int.
+            InvalidArgumentError: when a cap is not a finite number >= 0.
         """
+        caps = None if assigned is None else _caps(assigned, self._part)
         if not _is_int_like(round):
             raise RoundStateError(f"{self._part}: round must be an int, got {round!r}")
         round = int(round)
@@ -254,7 +303,15 @@ class PartAggregator:
                 f"{self._part}: round {self._open} still open, cannot open {round}"
             )
         self._open = self._last = round
-        self._accumulator = self._rule.start(self._weights)
+        self._assigned = caps
+        self._round_norms = []
+        rule = self._rule
+        if isinstance(rule, ClippedFedAvg) and self._history is not None:
+            self._bound = rule.bound(self._history)
+            self._accumulator = rule.start_clipped(self._weights, self._bound)
+        else:
+            self._bound = None
+            self._accumulator = rule.start(self._weights)
         self._ledger.advance(round)
         self._verdicts = Counter()
         return True
@@ -313,9 +370,17 @@ class PartAggregator:
             total_weight=accumulator.total_weight,
             update_norm=norm,
             verdicts=dict(self._verdicts),
+            clip_bound=self._bound,
+            clipped=getattr(accumulator, "clipped", 0),
         )
+        if self._history is not None:
+            # Sorted: the history, hence the next bound, must not depend on arrival order.
+            self._history.extend(sorted(self._round_norms))
         self._open = None
         self._accumulator = None
+        self._assigned = None
+        self._bound = None
+        self._round_norms = []
         return RoundResult(self._version, self.weights, stats)
 
     def snapshot(self) -> PartSnapshot:
@@ -331,6 +396,10 @@ class PartAggregator:
             "ledger": self._ledger.to_plain(),
             "verdicts": dict(self._verdicts),
             "accumulator": acc_state.meta if acc_state is not None else None,
+            "assigned": dict(self._assigned) if self._assigned is not None else None,
+            "history": self._history.to_plain() if self._history is not None else None,
+            "clip_bound": self._bound,
+            "round_norms": list(self._round_norms),
         }
         return PartSnapshot(
             state=state,
@@ -386,11 +455,16 @@ class PartAggregator:
         if not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in verdicts.items()):
             raise SnapshotError(f"part snapshot verdicts {verdicts!r}")
         aggregator._verdicts = Counter(verdicts)
+        _restore_guards(aggregator, state, rule)
         if open_id is not None:
             meta = _mapping(state, "accumulator")
-            aggregator._accumulator = rule.restore(
-                aggregator._weights, AccumulatorState(dict(meta), snapshot.accumulator)
-            )
+            acc_state = AccumulatorState(dict(meta), snapshot.accumulator)
+            if isinstance(rule, ClippedFedAvg):
+                accumulator = rule.start_clipped(aggregator._weights, aggregator._bound)
+                accumulator.load(acc_state)
+                aggregator._accumulator = accumulator
+            else:
+                aggregator._accumulator = rule.restore(aggregator._weights, acc_state)
         return aggregator
 
     def _decide(
@@ -421,13 +495,23 @@ class PartAggregator:
             return Verdict("rejected", "future-round", f"{where}: last opened {self._last}")
         if round != self._open or self._accumulator is None:
             return Verdict("late", "round-closed", where)
+        cap = None
+        if self._assigned is not None:
+            cap = self._assigned.get(device_id)
+            if cap is None:
+                return Verdict("rejected", "unassigned", f"{where}: not assigned this part")
         if base_version != self._version:
             reason = "stale" if base_version < self._version else "unknown-version"
             return Verdict("rejected", reason, f"{where}: base {base_version} != {self._version}")
         try:
+            if cap is not None and check_weight(weight) > cap:
+                return Verdict("rejected", "over-weight", f"{where}: weight {weight} > {cap}")
             self._accumulator.add(device_id, tensors, weight)
         except UpdateRejected as exc:
             return Verdict("rejected", exc.reason, f"{where}: {exc.detail}")
+        if self._history is not None:
+            # The delta's norm before clipping: what the next rounds' bounds are derived from.
+            self._round_norms.append(_distance(tensors, self._weights))
         self._ledger.record(key)
         return Verdict("applied", "", where)
 
@@ -445,6 +529,61 @@ def _distance(new: Mapping[str, NDArray[Any]], old: Mapping[str, NDArray[Any]]) 
         diff = np.subtract(array, old[name], dtype=np.float64).ravel()
         total += float(np.vdot(diff, diff))
     return math.sqrt(total)
+
+
+def _caps(assigned: Mapping[str, float], part: str) -> dict[str, float]:
+    caps: dict[str, float] = {}
+    for device, cap in assigned.items():
+        if (
+            not isinstance(device, str)
+            or isinstance(cap, bool)
+            or not isinstance(cap, int | float | np.integer | np.floating)
+            or not math.isfinite(float(cap))
+            or cap < 0
+        ):
+            raise InvalidArgumentError(f"{part}: assigned cap {device!r}: {cap!r}")
+        caps[device] = float(cap)
+    return caps
+
+
+def _restore_guards(
+    aggregator: PartAggregator, state: Mapping[str, Any], rule: AggregationRule
+) -> None:
+    """Restore the assignments and the clipping state (absent from older checkpoints)."""
+    assigned = state.get("assigned")
+    if assigned is not None:
+        if not isinstance(assigned, Mapping):
+            raise SnapshotError(f"part snapshot assigned {assigned!r}")
+        try:
+            aggregator._assigned = _caps(assigned, aggregator.part_id)
+        except InvalidArgumentError as exc:
+            raise SnapshotError(str(exc)) from None
+    if not isinstance(rule, ClippedFedAvg):
+        return
+    history = state.get("history")
+    if history is None:
+        aggregator._history = rule.history()
+    else:
+        if not isinstance(history, Mapping):
+            raise SnapshotError(f"part snapshot history {history!r}")
+        saved = NormHistory.from_plain(history)
+        aggregator._history = rule.history(saved.norms)  # the rule's window now
+    bound, norms = state.get("clip_bound"), state.get("round_norms", [])
+    if bound is not None and not (
+        isinstance(bound, int | float)
+        and not isinstance(bound, bool)
+        and math.isfinite(bound)
+        and bound > 0
+    ):
+        raise SnapshotError(f"part snapshot clip_bound {bound!r}")
+    if not isinstance(norms, list | tuple) or not all(
+        isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n) and n >= 0
+        for n in norms
+    ):
+        raise SnapshotError(f"part snapshot round_norms {norms!r}")
+    if aggregator._open is not None:
+        aggregator._bound = None if bound is None else float(bound)
+        aggregator._round_norms = [float(n) for n in norms]
 
 
 def _is_int(x: object) -> TypeGuard[int]:

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from moe.aggregation.base import AggregationRule, Plain
+from moe.aggregation.clipping import ClippedFedAvg
 from moe.aggregation.fedavg import FedAvg
 from moe.aggregation.robust import CoordinateMedian, TrimmedMean
 from moe.errors import InvalidArgumentError
@@ -14,6 +15,7 @@ from moe.errors import InvalidArgumentError
 # Read-only, so no caller can register into shared module state.
 _RULES: Mapping[str, Callable[..., AggregationRule]] = MappingProxyType(
     {
+        ClippedFedAvg.name: ClippedFedAvg,
         FedAvg.name: FedAvg,
         CoordinateMedian.name: CoordinateMedian,
         TrimmedMean.name: TrimmedMean,
@@ -27,9 +29,9 @@ def make_rule(name: str, **kwargs: Any) -> AggregationRule:
     """Build a rule by name.
 
     Args:
-        name: `fedavg`, `median` or `trimmed-mean`.
-        **kwargs: the rule's parameters (`max_norm`; `max_updates`; `trim_ratio`,
-            `max_updates`).
+        name: `clipped-fedavg`, `fedavg`, `median` or `trimmed-mean`.
+        **kwargs: the rule's parameters (`multiplier`, `window`, `min_history`; `max_norm`;
+            `max_updates`; `trim_ratio`, `max_updates`).
 
     Returns:
         The configured rule.

@@ -13,8 +13,8 @@ time × time_scale before it uploads).
 Genesis (round 0; protocol steps 1, 3, 4, 7, 9):
 
 - step 1/3: every part is created at version 0 from ``scenario.initial_parts()`` (one
-  `PartAggregator` per part, FedAvg as the aggregator service's default), round 0 is opened
-  with no devices and every part closes at once (quorum 0): no new version;
+  `PartAggregator` per part, `clipped-fedavg` as the aggregator service's default), round 0
+  is opened with no devices and every part closes at once (quorum 0): no new version;
 - step 7: the load monitor sees RoundClosed(0): ``on_round_closed`` on the empty load (so the
   first real round starts with ``rounds_closed == 1``, as on the bus);
 - step 9: the initial model is evaluated (`RunResult.initial_accuracy`).
@@ -31,14 +31,17 @@ Round r = 1..R:
    device id; ``build_matching_input(candidates, load, round=r, deadline_s=config.deadline_s,
    shared_bytes / expert_bytes from scenario.part_bytes, epochs=config.epochs)``; the
    assignment is ``strategy.assign(problem, scenario.strategy_rng(r))``.
-4. Round opened (step 1): every part opens round r (the markers); each device with at least
-   one expert gets an Assignment (devices with none get nothing and do not train).
+4. Round opened (step 1): every part opens round r (the markers) with its assignments: each
+   device assigned the part, capped at the samples its profile holds (the marker's
+   `assigned`); each device with at least one expert gets an Assignment (devices with none
+   get nothing and do not train).
 5. Load (step 7): ``on_assignment`` with the round's assignment.
 6. Devices (step 2), sorted by id: ``train_local(scenario.model, global parts, x_i, y_i,
    experts, seed=scenario.train_seed(r, i), epochs/batch_size/lr of the config)``; the upload
    is the ModelUpdate the device would send (shared: weight = num_samples, loss = train
    loss; expert e: weight = ``expert_samples[e]``, loss = ``expert_loss[e]``), counted in
-   bytes with ``schemas.encode``.
+   bytes with ``schemas.encode``. A malicious device (`moe.simulation.attacks`, only when an
+   `Adversary` is given) trains on flipped labels or poisons the upload's tensors.
 7. Aggregation (step 3): an update is late iff the device's simulated round time exceeds the
    deadline; late updates are never offered. In-time ones are offered part by part to the
    part's `PartAggregator` (base version = the version the device trained from); then every
@@ -60,13 +63,14 @@ that crosses MQTT in the round (status, telemetry, round marker, gate rows, assi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from moe.aggregation import FedAvg, PartAggregator
+from moe.aggregation import PartAggregator
 from moe.aggregation.base import AggregationRule
+from moe.aggregation.clipping import ClippedFedAvg
 from moe.load import (
     ExpertLoadState,
     imbalance,
@@ -84,6 +88,7 @@ from moe.profiles import (
     fold_telemetry,
 )
 from moe.scenario import Scenario, ScenarioConfig, build_scenario, device_id, device_index
+from moe.simulation.attacks import Adversary, flip_labels
 from moe.simulation.records import RoundRecord, RunResult
 from moe.simulation.traffic import RoundTraffic, control_bytes
 from moe.training import LocalResult, evaluate, train_local
@@ -124,6 +129,7 @@ class _World:
     unreported: dict[str, LossReport] = field(default_factory=dict)
     # Expert parts that got a new version in the last round (their gate rows go to devices).
     changed: list[str] = field(default_factory=list)
+    adversary: Adversary | None = None
 
     @property
     def parts(self) -> dict[str, dict[str, Float32Array]]:
@@ -167,6 +173,7 @@ def run_simulation(
     on_round: OnRound | None = None,
     scenario: Scenario | None = None,
     rule: AggregationRule | None = None,
+    adversary: Adversary | None = None,
 ) -> RunResult:
     """Run `rounds` federated rounds of `config` with `strategy` (see the module docstring).
 
@@ -176,7 +183,9 @@ def run_simulation(
         rounds: R, rounds after the genesis round.
         on_round: called with each round's record as soon as it is measured.
         scenario: the world `config` builds, when the caller has it already (must match).
-        rule: the aggregation rule of every part (FedAvg when None).
+        rule: the aggregation rule of every part (`ClippedFedAvg()`, the aggregator
+            service's default, when None).
+        adversary: malicious devices and their attack (none when None).
 
     Returns:
         The run's per-round records. Deterministic: the same arguments give the same result,
@@ -189,7 +198,8 @@ def run_simulation(
     if scenario.config != config:
         raise ValueError("scenario was built from a different config")
     matcher = make_strategy(strategy) if isinstance(strategy, str) else strategy
-    world = _genesis(scenario, rule if rule is not None else FedAvg())
+    world = _genesis(scenario, rule if rule is not None else ClippedFedAvg())
+    world.adversary = adversary
     initial_accuracy, _ = evaluate(
         scenario.model, world.parts, scenario.data.test_x, scenario.data.test_y
     )
@@ -250,11 +260,14 @@ def _train(world: _World, r: int, index: int, experts: list[int]) -> _DeviceRoun
     """Step 2, one device: local training from the current global parts."""
     sc, cfg = world.scenario, world.scenario.config
     data = sc.data.devices[index]
+    labels = data.y
+    if world.adversary is not None and world.adversary.poisons_data(index):
+        labels = flip_labels(labels, sc.model.num_classes)
     result = train_local(
         sc.model,
         world.parts,
         data.x,
-        data.y,
+        labels,
         experts,
         seed=sc.train_seed(r, index),
         epochs=cfg.epochs,
@@ -271,8 +284,9 @@ def _trained_parts(experts: Sequence[int]) -> list[str]:
 
 
 def _update(world: _World, r: int, device: _DeviceRound) -> ModelUpdate:
-    """The ModelUpdate the device uploads (the one builder devices on the bus use too)."""
-    return model_update(
+    """The ModelUpdate the device uploads (the one builder devices on the bus use too),
+    poisoned when the device is malicious."""
+    update = model_update(
         device.result,
         device_id=device_id(device.index),
         round=r,
@@ -281,6 +295,15 @@ def _update(world: _World, r: int, device: _DeviceRound) -> ModelUpdate:
         train_seconds=device.time_s,
         timestamp=world.clock + device.time_s,
     )
+    adversary = world.adversary
+    if adversary is None or device.index not in adversary.devices:
+        return update
+    parts = []
+    for payload in update.parts:
+        base = world.aggregators[payload.part].weights
+        poisoned = adversary.poison(device.index, r, payload.part, base, payload.tensors)
+        parts.append(payload if poisoned is None else replace(payload, tensors=poisoned))
+    return replace(update, parts=tuple(parts))
 
 
 def _offer(world: _World, r: int, update: ModelUpdate) -> bool:
@@ -313,8 +336,6 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
         x = np.asarray(matcher.assign(problem, sc.strategy_rng(r)), dtype=bool)
     else:
         x = np.zeros((0, e_count), dtype=bool)
-    for agg in world.aggregators.values():
-        agg.open_round(r)
     world.load = on_assignment(world.load, x)
     load_cv, _ = imbalance(x.sum(axis=0))
     indices = [_index(p.device_id) for p in candidates]
@@ -323,6 +344,9 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
         for row in range(len(candidates))
         if x[row].any()
     ]
+    caps = _assigned_caps(world, assigned)
+    for pid, agg in world.aggregators.items():
+        agg.open_round(r, caps[pid])
     bytes_down = bytes_up = 0
     devices: list[_DeviceRound] = []
     updates: list[ModelUpdate] = []
@@ -389,6 +413,20 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
         devices_assigned=len(devices),
         updates_rejected=sum(1 for d in devices if not d.late and not d.applied),
     )
+
+
+def _assigned_caps(
+    world: _World, assigned: Sequence[tuple[int, list[int]]]
+) -> dict[str, dict[str, float]]:
+    """Per part, its assigned devices and each one's weight cap: the samples its profile
+    holds (what the matcher's markers carry on the bus)."""
+    caps: dict[str, dict[str, float]] = {pid: {} for pid in world.aggregators}
+    for index, experts in assigned:
+        dev = device_id(index)
+        cap = float(world.profiles[dev].num_samples)
+        for pid in _trained_parts(experts):
+            caps[pid][dev] = cap
+    return caps
 
 
 def _index(dev: str) -> int:
