@@ -40,6 +40,8 @@ class FleetWorld:
             raise ValueError("time_scale must be > 0")
         self.scenario = scenario
         self.time_scale = time_scale
+        # device -> round-time factor while a soak slows it down (`clients.control`)
+        self.slowdown: dict[int, float] = {}
         # Every device of the process asks about the same few rounds: one draw per round.
         self._online = lru_cache(maxsize=8)(self._online_set)
 
@@ -51,8 +53,10 @@ class FleetWorld:
         return device in self._online(round_)
 
     def round_wall_s(self, device: int, experts: Sequence[int], round_: int) -> float:
-        """Wall seconds `device` takes for `round_` training `experts` (simulated × scale)."""
-        return self.scenario.round_time_s(device, experts, round_) * self.time_scale
+        """Wall seconds `device` takes for `round_` training `experts` (simulated × scale,
+        × its slowdown while it has one)."""
+        factor = self.slowdown.get(device, 1.0)
+        return self.scenario.round_time_s(device, experts, round_) * self.time_scale * factor
 
     def delivery_lag_s(self, opened_at: float, now: float) -> float:
         """Wall seconds since a round opened at `opened_at` (an assignment's timestamp), as

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from brokers.settings import BrokerSettings
+from clients.control import ControlSettings, run_controlled_fleet
 from clients.fleet import run_fleet
 from clients.settings import FleetSettings
 from fedmoe.errors import FedMoEError, SettingsError
@@ -24,7 +25,7 @@ from fedmoe.settings import add_arguments, from_args
 
 log = logging.getLogger("fedmoe.fleet")
 
-_SETTINGS = (FleetSettings, BrokerSettings, ScenarioSettings)
+_SETTINGS = (FleetSettings, BrokerSettings, ScenarioSettings, ControlSettings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def main(argv: Sequence[str]) -> int:
         fleet = from_args(FleetSettings, args, environ)
         broker = from_args(BrokerSettings, args, environ)
         scenario = from_args(ScenarioSettings, args, environ)
+        control = from_args(ControlSettings, args, environ)
         fleet.device_range(scenario.devices)
     except SettingsError as exc:
         print(f"fedmoe fleet: {exc}", file=sys.stderr)
@@ -59,7 +61,10 @@ def main(argv: Sequence[str]) -> int:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(run_fleet(fleet, broker, scenario))
+        if control.active:  # under a soak (`clients.control`)
+            asyncio.run(run_controlled_fleet(fleet, control, broker, scenario))
+        else:
+            asyncio.run(run_fleet(fleet, broker, scenario))
     except FedMoEError as exc:
         log.error("fleet: stopped on error: %s: %s", type(exc).__name__, exc)
         return 1
