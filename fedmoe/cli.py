@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fedmoe.commands.demo", "brokers + every service + a fleet, end to end"),
     "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
     "replay": ("fedmoe.commands.replay", "replay a recording, or ask offline what-if"),
+    "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
+    "replay": ("fedmoe.commands.replay", "replay a recording, or ask offline what-if"),
 }
 
 
