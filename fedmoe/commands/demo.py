@@ -60,6 +60,12 @@ class DemoSettings:
     out: Path = setting("FEDMOE_DEMO_OUT", Path("demo-out"), "output directory")
     aggregators: int = setting("FEDMOE_DEMO_AGGREGATORS", 2, "aggregator processes")
     timeout_s: float = setting("FEDMOE_DEMO_TIMEOUT_S", 900.0, "give up after this long")
+    record: str = setting(
+        "FEDMOE_DEMO_RECORD",
+        "",
+        "record the whole run to this Parquet file (fedmoe record: device topics, "
+        "assignments, acks, rounds; empty = no recording)",
+    )
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -87,6 +93,9 @@ def service_env(demo: DemoSettings, out: Path) -> dict[str, str]:
 async def _start_all(
     group: ProcessGroup, demo: DemoSettings, env: Mapping[str, str], out: Path
 ) -> None:
+    if demo.record:
+        # First, so it hears the fleet's first announcements; Kafka `rounds` from the start.
+        await group.start("recorder", record_argv(Path(demo.record)), env)
     for name in SERVICES:
         await group.start(name, fedmoe_argv("service", name), env)
     for i in range(1, demo.aggregators + 1):
@@ -167,6 +176,8 @@ async def run_demo(
             # The fleet first: it finishes uploads under way (its drain) and writes its
             # counters while the services still answer.
             await group.stop("fleet", timeout_s=fleet_drain_s + 15.0)
+            if demo.record:  # SIGTERM: it writes its last row group and the footer
+                await group.stop("recorder", timeout_s=30.0)
     fleet = _read_json(out / "fleet-stats.json").get("totals", {})
     summary = {
         "finished": finished,
@@ -183,6 +194,21 @@ async def run_demo(
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot_accuracy(summary["accuracy_per_round"], out / "accuracy.png", demo.strategy)
     return summary
+
+
+def record_argv(path: Path) -> list[str]:
+    """`fedmoe record` of a whole demo run: what replay and the what-if need."""
+    return fedmoe_argv(
+        "record",
+        str(path.resolve()),
+        "--mqtt",
+        "telemetry,status,update,assignment,ack,round",
+        "--kafka",
+        "rounds",
+        "--kafka-from-beginning",
+        "--progress-s",
+        "30",
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
