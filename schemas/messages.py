@@ -446,6 +446,9 @@ class RoundOpened(Message):
     devices: int
     expected_parts: Mapping[str, int]  # part id -> devices assigned to it (quorum basis)
     model_versions: Mapping[str, int]
+    # On a part's marker (Kafka `updates`, key = part id) only: the devices assigned that part,
+    # each with the samples its profile holds (the aggregator's weight cap). Empty on `rounds`.
+    assigned: Mapping[str, int] = field(default_factory=dict)
 
     def _validate_body(self) -> None:
         n = "RoundOpened"
@@ -456,6 +459,9 @@ class RoundOpened(Message):
         for k, v in self.expected_parts.items():
             _check(valid_part_id(k) and _is_int(v) and v >= 0, n, f"expected_parts[{k!r}]")
         _check_versions(n, self.model_versions)
+        for k, v in self.assigned.items():
+            _check(isinstance(k, str) and valid_segment(k), n, f"assigned key {k!r}")
+            _check(_is_int(v) and v >= 0, n, f"assigned[{k!r}] must be an int >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

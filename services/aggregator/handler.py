@@ -5,8 +5,9 @@ Per record (the round protocol, step 3):
 | input                                   | outputs                                              |
 |-----------------------------------------|------------------------------------------------------|
 | marker `RoundOpened(r)`, key = part     | `PartVersion` v0 first if the part is new; closes an |
-|                                         | older round still open (`deadline`); opens r; closes |
-|                                         | at once when 0 devices are expected (`quorum`)       |
+|                                         | older round still open (`deadline`); opens r with    |
+|                                         | the marker's assigned devices and weight caps;       |
+|                                         | closes at once when 0 devices are expected (`quorum`)|
 | marker replayed (r not newer)           | nothing                                              |
 | `PartUpdate` of an opened round         | `UpdateAck` with the verdict; `PartVersion` +        |
 |                                         | `PartClosed` (`quorum`) when the applied count       |
@@ -14,6 +15,8 @@ Per record (the round protocol, step 3):
 | `PartUpdate` sent after the deadline    | `UpdateAck` late/`after-deadline` (Kafka timestamp   |
 |                                         | = the gateway's receive time > round deadline)       |
 | `PartUpdate` of an unknown part         | `UpdateAck` rejected/`unknown-part`                  |
+| `PartUpdate` of a device not assigned   | `UpdateAck` rejected/`unassigned`; over its cap:     |
+| the part in r (per the marker)          | rejected/`over-weight` (`PartAggregator`)            |
 | `PartUpdate` of a round never opened    | dead letter `future-round` (see below)               |
 | other message, key ≠ part, bad marker   | dead letter                                          |
 
@@ -193,7 +196,18 @@ class AggregatorHandler:
         if open_round is not None and open_round < marker.round:
             # The matcher gave up on that round (deadline + 2 grace) before this part closed.
             out += self._close(state, "deadline")
-        if not state.aggregator.open_round(marker.round):
+        assigned: dict[str, float] | None = {d: float(c) for d, c in marker.assigned.items()}
+        if expected > 0 and not marker.assigned:
+            # A matcher that does not name the assigned devices (an older version): the part's
+            # updates cannot be checked against them this round.
+            log.warning(
+                "%s: round %d of %s names no assigned devices: not checked",
+                self.name,
+                marker.round,
+                part,
+            )
+            assigned = None
+        if not state.aggregator.open_round(marker.round, assigned):
             return out  # a replayed marker
         state.terms = RoundTerms(marker.deadline, expected)
         self._dirty.add(part)

@@ -30,7 +30,20 @@ class AggregatorSettings:
         "a part still short of its quorum closes at round deadline + this, wall seconds",
     )
     rule: str = setting(
-        "FEDMOE_AGGREGATOR_RULE", "fedavg", f"aggregation rule, one of {sorted(RULE_NAMES)}"
+        "FEDMOE_AGGREGATOR_RULE",
+        "clipped-fedavg",
+        f"aggregation rule, one of {sorted(RULE_NAMES)} (fedavg: unclipped FedAvg)",
+    )
+    clip_multiplier: float = setting(
+        "FEDMOE_AGGREGATOR_CLIP_MULTIPLIER",
+        2.0,
+        "clipped-fedavg: clip each update's delta at this many times the median norm of the "
+        "part's recent updates",
+    )
+    clip_window: int = setting(
+        "FEDMOE_AGGREGATOR_CLIP_WINDOW",
+        64,
+        "clipped-fedavg: how many recent update norms of a part the bound is derived from",
     )
     max_norm: float = setting(
         "FEDMOE_AGGREGATOR_MAX_NORM",
@@ -82,6 +95,10 @@ class AggregatorSettings:
             InvalidArgumentError: for a bad rule or parameter (`__post_init__` has already
                 turned that into a `SettingsError`, so a constructed instance never raises).
         """
+        if self.rule == "clipped-fedavg":
+            return make_rule(
+                "clipped-fedavg", multiplier=self.clip_multiplier, window=self.clip_window
+            )
         if self.rule == "fedavg":
             return make_rule("fedavg", max_norm=self.max_norm or None)
         if self.rule == "median":

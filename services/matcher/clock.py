@@ -9,8 +9,9 @@
 - `advance(now)` returns what is due: the `RoundClosed` of the open round when a `PartClosed`
   of it arrived for every part, or when `now > deadline + 2 × grace`; else the next round's
   `RoundOpened` (to `rounds`) and its markers (the same message to `updates`, one per part id,
-  keyed by the part) when the open rule holds (see `_open_reason`); with no history at all the
-  genesis round 0 (no devices, deadline = now).
+  keyed by the part, each with the part's assigned devices and their weight caps) when the
+  open rule holds (see `_open_reason`); with no history at all the genesis round 0 (no
+  devices, deadline = now).
 - Assignments of round r are held back until `apply` sees the matcher's own `RoundOpened(r)`
   on `rounds`: the record is then in the log, and the runtime confirmed every output of the
   tick or batch that produced it (markers included) before it polled again. So every
@@ -35,9 +36,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moe.load import ExpertLoadState
+from moe.parts import SHARED, expert_part_id
 from moe.wire import expert_load_state
 from schemas.messages import (
     Assignment,
@@ -140,7 +142,8 @@ class RoundClock:
         self._load: ExpertLoad | None = None
         self._load_after_close = False
         self._held: tuple[int, list[Assignment]] | None = None  # round, its assignments
-        self._reannounce: RoundOpened | None = None  # to produce again after a restart
+        # To produce again after a restart: the RoundOpened and each part's assigned devices.
+        self._reannounce: tuple[RoundOpened, dict[str, dict[str, int]]] | None = None
         self.last_opening = ""  # why and over how many candidates the latest round opened
         # Rounds in a row that assigned devices and closed with no update applied: the sign of
         # a deadline shorter than the bus's own round trip (advisory; a restart starts at 0).
@@ -309,7 +312,7 @@ class RoundClock:
             if device not in assigned
         ]
         self._held = (r, missing)
-        self._reannounce = opened
+        self._reannounce = (opened, self._assigned_by_part(plan.experts))
         return f"round {r}: {len(missing)} assignments missing: announcing the round again"
 
     # -- time --------------------------------------------------------------------------------
@@ -318,9 +321,9 @@ class RoundClock:
         """What is due at `now`: close the open round, or open the next one, or nothing."""
         opened, open_round = self._opened, self.open_round
         if self._reannounce is not None:
-            again, self._reannounce = self._reannounce, None
+            (again, assigned), self._reannounce = self._reannounce, None
             if again.round == open_round:
-                return self._announce(again)
+                return self._announce(again, assigned)
         if opened is not None and open_round is not None:
             if all(p in self._closed_parts for p in self.config.parts):
                 return self._close(opened, "parts-closed", now)
@@ -366,11 +369,13 @@ class RoundClock:
             deadline = now
             expected = dict.fromkeys(config.parts, 0)
             assignments: list[Assignment] = []
+            assigned: dict[str, dict[str, int]] = {}
         else:
             plan = self._planner(r, self.profiles(), self.load_state())
             self.last_opening = f"{reason}: {len(plan.candidates)} candidates"
             deadline = now + config.deadline_wall_s
             expected = plan.expected_parts(self._num_experts)
+            assigned = self._assigned_by_part(plan.experts)
             assignments = [
                 Assignment(
                     message_id=f"assignment-{r}-{device}",
@@ -398,10 +403,30 @@ class RoundClock:
         self._closed_parts = {}
         self._applied = {}
         self._held = (r, assignments) if assignments else None
-        return self._announce(opened)
+        return self._announce(opened, assigned)
 
-    def _announce(self, opened: RoundOpened) -> list[Outbound]:
-        markers = [Outbound(Topic.UPDATES, part, opened) for part in self.config.parts]
+    def _assigned_by_part(
+        self, experts: Mapping[str, tuple[int, ...]]
+    ) -> dict[str, dict[str, int]]:
+        """Per part, its assigned devices and each one's weight cap: the samples its profile
+        holds (what the aggregator lets an update of it weigh at most)."""
+        out: dict[str, dict[str, int]] = {part: {} for part in self.config.parts}
+        for device, chosen in experts.items():
+            profile = self._profiles.get(device)
+            cap = profile.num_samples if profile is not None else 0
+            for part in (SHARED, *(expert_part_id(e) for e in chosen)):
+                out.setdefault(part, {})[device] = cap
+        return out
+
+    def _announce(
+        self, opened: RoundOpened, assigned: Mapping[str, Mapping[str, int]]
+    ) -> list[Outbound]:
+        # Each part's marker names only that part's devices: the aggregator that owns the part
+        # learns its assignments in order, on the part's own partition, before any update.
+        markers = [
+            Outbound(Topic.UPDATES, part, replace(opened, assigned=dict(assigned.get(part, {}))))
+            for part in self.config.parts
+        ]
         return [Outbound(Topic.ROUNDS, ROUND_KEY, opened), *markers]
 
     def _close(self, opened: RoundOpened, reason: str, now: float) -> list[Outbound]:

@@ -94,7 +94,12 @@ def record(
     )
 
 
-def marker(round_: int, expected: Mapping[str, int], deadline: float = DEADLINE) -> RoundOpened:
+def marker(
+    round_: int,
+    expected: Mapping[str, int],
+    deadline: float = DEADLINE,
+    assigned: Mapping[str, int] | None = None,
+) -> RoundOpened:
     return RoundOpened(
         message_id=f"round-{round_}",
         device_id="matcher",
@@ -105,6 +110,7 @@ def marker(round_: int, expected: Mapping[str, int], deadline: float = DEADLINE)
         devices=max(expected.values(), default=0),
         expected_parts=dict(expected),
         model_versions={},
+        assigned=dict(assigned or {}),
     )
 
 
@@ -505,3 +511,44 @@ async def test_two_writers_of_one_part_are_refused(tmp_path: Path) -> None:
     await b.checkpoint()
     with pytest.raises(CheckpointConflict):
         await a.checkpoint()
+
+
+# -- assignments from the marker --------------------------------------------------------------
+
+
+def _verdicts(outs: Sequence[Outbound]) -> list[tuple[str, str]]:
+    return [(o.message.status, o.message.reason) for o in outs if isinstance(o.message, UpdateAck)]
+
+
+async def test_only_assigned_devices_within_their_cap_count(tmp_path: Path) -> None:
+    handler = make_handler(tmp_path)
+    part = "expert-0"
+    await handler.handle(record(marker(1, {part: 2}, assigned={"dev-a": 50, "dev-b": 10}), part))
+    stranger = await handler.handle(record(update("dev-x", part, trained(part, 1)), part))
+    greedy = await handler.handle(record(update("dev-b", part, trained(part, 2), weight=11), part))
+    honest = await handler.handle(record(update("dev-a", part, trained(part, 3), weight=50), part))
+    assert _verdicts(stranger) == [("rejected", "unassigned")]
+    assert _verdicts(greedy) == [("rejected", "over-weight")]
+    assert _verdicts(honest) == [("applied", "")]
+    assert handler.parts[part].aggregator.pending == 1  # no quorum: 1 of 2 applied
+    assert handler.stats["verdict/rejected/unassigned"] == 1
+
+
+async def test_assignments_survive_a_restart_through_the_checkpoint(tmp_path: Path) -> None:
+    part = "expert-1"
+    first = make_handler(tmp_path)
+    await first.handle(record(marker(1, {part: 2}, assigned={"dev-a": 5, "dev-b": 5}), part))
+    await first.checkpoint()
+    second = make_handler(tmp_path)  # a restart: loads the part from its file
+    out = await second.handle(record(update("dev-x", part, trained(part, 1)), part))
+    assert _verdicts(out) == [("rejected", "unassigned")]
+    out = await second.handle(record(update("dev-a", part, trained(part, 2), weight=5), part))
+    assert _verdicts(out) == [("applied", "")]
+
+
+async def test_a_marker_without_assignments_checks_nothing(tmp_path: Path) -> None:
+    handler = make_handler(tmp_path)
+    part = "expert-1"
+    await handler.handle(record(marker(1, {part: 1}), part))
+    out = await handler.handle(record(update("anyone", part, trained(part, 1), weight=1e6), part))
+    assert _verdicts(out) == [("applied", "")]

@@ -10,6 +10,7 @@ import pytest
 from fedmoe.errors import SettingsError
 from fedmoe.settings import load_settings
 from moe.aggregation import CoordinateMedian, FedAvg, PartAggregator, SnapshotError, TrimmedMean
+from moe.aggregation.clipping import ClippedFedAvg
 from moe.tensors import PartLayout, TensorSpec
 from services.aggregator.part import PartState, RoundTerms
 from services.aggregator.settings import AggregatorSettings
@@ -98,8 +99,13 @@ def test_store_lists_parts_and_tracks_who_wrote_them(tmp_path: Path) -> None:
 
 
 def test_settings_build_each_rule_with_its_parameters() -> None:
-    assert load_settings(AggregatorSettings, {}).aggregation_rule() == FedAvg(max_norm=None)
-    env = {"FEDMOE_AGGREGATOR_MAX_NORM": "2.5"}
+    assert load_settings(AggregatorSettings, {}).aggregation_rule() == ClippedFedAvg()
+    env = {"FEDMOE_AGGREGATOR_CLIP_MULTIPLIER": "3", "FEDMOE_AGGREGATOR_CLIP_WINDOW": "8"}
+    want = ClippedFedAvg(multiplier=3.0, window=8)
+    assert load_settings(AggregatorSettings, env).aggregation_rule() == want
+    env = {"FEDMOE_AGGREGATOR_RULE": "fedavg"}
+    assert load_settings(AggregatorSettings, env).aggregation_rule() == FedAvg(max_norm=None)
+    env = {"FEDMOE_AGGREGATOR_RULE": "fedavg", "FEDMOE_AGGREGATOR_MAX_NORM": "2.5"}
     assert load_settings(AggregatorSettings, env).aggregation_rule() == FedAvg(max_norm=2.5)
     env = {"FEDMOE_AGGREGATOR_RULE": "median", "FEDMOE_AGGREGATOR_MAX_UPDATES": "9"}
     assert load_settings(AggregatorSettings, env).aggregation_rule() == CoordinateMedian(9)
@@ -115,6 +121,8 @@ def test_settings_build_each_rule_with_its_parameters() -> None:
         {"FEDMOE_AGGREGATOR_RULE": "mean"},
         {"FEDMOE_AGGREGATOR_RULE": "trimmed-mean", "FEDMOE_AGGREGATOR_TRIM_RATIO": "0.5"},
         {"FEDMOE_AGGREGATOR_MAX_NORM": "-1"},
+        {"FEDMOE_AGGREGATOR_CLIP_MULTIPLIER": "0"},
+        {"FEDMOE_AGGREGATOR_CLIP_WINDOW": "0"},
         {"FEDMOE_AGGREGATOR_GRACE_S": "nan"},
         {"FEDMOE_AGGREGATOR_LEDGER_WINDOW": "0"},
         {"FEDMOE_AGGREGATOR_INSTANCE_ID": "a/b"},

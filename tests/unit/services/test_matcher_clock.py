@@ -116,7 +116,7 @@ def test_genesis_round_opens_every_part_with_no_devices() -> None:
     assert msg.model_versions == dict.fromkeys(PARTS, 0)
     markers = out[1:]
     assert [(m.topic, m.key) for m in markers] == [(Topic.UPDATES, p) for p in PARTS]
-    assert all(m.message is msg for m in markers)
+    assert all(m.message == msg for m in markers)  # no one assigned anything
     assert clock.open_round == 0
     assert clock.held_assignments == 0
     assert clock.advance(101.0) == []  # never two rounds open
@@ -419,6 +419,34 @@ def _crash_after_open() -> tuple[list[Message], list[Message], list[Assignment],
     return rounds_log, inputs, would, opened  # type: ignore[return-value]
 
 
+def _markers_of_first_open() -> list[Outbound]:
+    """The markers the crashed clock of `_crash_after_open` produced for round 1."""
+    first = make_clock()
+    for part in PARTS:
+        first.advance(100.0)
+        first.apply(part_closed(0, part, 0), at=100.0)
+    first.advance(100.1)
+    first.apply(load_message(ExpertLoadState.empty(4), 0, ts=100.2), at=100.3)
+    for i in range(6):
+        first.apply(snapshot(i, 1, ts=100.3), at=100.3)
+    return first.advance(100.4)[1:]
+
+
+def test_each_marker_names_its_parts_devices_with_their_sample_caps() -> None:
+    _, inputs, would, opened = _crash_after_open()
+    markers = _markers_of_first_open()
+    samples = {s.device_id: s.num_samples for s in inputs if isinstance(s, ProfileSnapshot)}
+    assert opened.assigned == {}  # the `rounds` copy carries none
+    by_part = {m.key: m.message for m in markers if isinstance(m.message, RoundOpened)}
+    assert len(by_part) == len(PARTS)
+    assert by_part["shared"].assigned == {a.device_id: samples[a.device_id] for a in would}
+    for part in PARTS[1:]:
+        e = int(part.split("-")[1])
+        want = {a.device_id: samples[a.device_id] for a in would if e in a.experts}
+        assert by_part[part].assigned == want
+        assert len(want) == opened.expected_parts[part]
+
+
 def _restored(history: list[Message]) -> RoundClock:
     clock = make_clock()
     for msg in history:
@@ -432,8 +460,11 @@ def test_resume_sends_the_assignments_a_crash_kept_from_the_log() -> None:
     clock = _restored(rounds_log + inputs)
     assert "announcing" in clock.resume(set(), now=101.0)
     out = clock.advance(101.0)
-    assert [o.message for o in out] == [opened] * (1 + len(PARTS))  # the same round, again
+    # The same round, again, each marker with its part's devices as the first time.
+    again = [o.message for o in out if isinstance(o.message, RoundOpened)]
+    assert [replace(m, assigned={}) for m in again] == [opened] * (1 + len(PARTS))
     assert [(o.topic, o.key) for o in out[1:]] == [(Topic.UPDATES, p) for p in PARTS]
+    assert [o.message for o in out[1:]] == [m.message for m in _markers_of_first_open()]
     released = clock.apply(opened, at=101.1)
     assert [o.message for o in released] == would
     assert clock.advance(101.2) == []  # nothing else: the round is open, not reopened
