@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "service": ("fedmoe.commands.service", "run one microservice (gateway, matcher, ...)"),
     "fleet": ("fedmoe.commands.fleet", "run a simulated device fleet over MQTT"),
     "demo": ("fedmoe.commands.demo", "brokers + every service + a fleet, end to end"),
+    "soak": ("fedmoe.commands.soak", "the system under a fault plan, invariants live, a report"),
     "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
     "replay": ("fedmoe.commands.replay", "replay a recording, or ask offline what-if"),
     "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
