@@ -1,6 +1,9 @@
 """The gateway process: wiring of `logic` to MQTT (aiomqtt) and Kafka (aiokafka), and `main`.
 
     devices ──MQTT──► Ingress ──► Kafka telemetry / updates / dead-letter
+                        ├─ per-device token bucket first: over the rate, dropped and counted
+                        │  (`rate_limited`), one sampled dead letter per device and interval;
+                        │  a retained publish (but status) is refused (`retained_rejected`)
                         └─ PUBACK to the device only after Kafka acked every record of it
     devices ◄─MQTT── EgressHandler ◄── ServiceRuntime ◄── Kafka assignments/acks/model/rounds
                         └─ the Kafka offset is committed after the MQTT publish completed
@@ -22,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -41,10 +45,13 @@ from services.gateway.logic import (
     Forward,
     Reject,
     Skip,
+    check_retained,
+    parse_device_topic,
     route_inbound,
     route_outbound,
     subscriptions,
 )
+from services.gateway.ratelimit import Admission, DeviceRateLimiter
 from services.gateway.settings import GatewaySettings
 from services.handler import InboundRecord, Outbound
 from services.metrics import Outcome, ServiceMetrics
@@ -131,7 +138,12 @@ class Ingress:
         backoff: Backoff,
         window: int,
         clock: Callable[[], float] = time.time,
+        limiter: DeviceRateLimiter | None = None,
+        notes: Counter[str] | None = None,
     ) -> None:
+        self._limiter = limiter
+        # The gateway's own counts (rate_limited, retained_rejected), shown with its metrics.
+        self.notes: Counter[str] = notes if notes is not None else Counter()
         self._session = session
         self._producer = producer
         self._table = table
@@ -180,6 +192,21 @@ class Ingress:
         return delivery if await delivery.send(records) else None
 
     def _records(self, message: MqttMessage) -> list[EncodedRecord]:
+        parsed = parse_device_topic(self._table, message.topic)
+        if parsed is not None:
+            device, kind = parsed
+            if self._limiter is not None:
+                admission = self._limiter.admit(device)
+                if admission is not Admission.PASS:
+                    self.notes["rate_limited"] += 1
+                    if admission is Admission.DROP:
+                        return []  # PUBACKed and dropped: resending sooner gains nothing
+                    reason = f"over the rate limit ({self.notes['rate_limited']} dropped so far)"
+                    return [self._dead_letter(message, Reject(reason, "RateLimited", device))]
+            retained = check_retained(kind, message.retain, device)
+            if retained is not None:
+                self.notes["retained_rejected"] += 1
+                return [self._dead_letter(message, retained)]
         decision = route_inbound(self._table, message.topic, message.payload)
         if isinstance(decision, Forward):
             try:
@@ -237,7 +264,8 @@ class Gateway:
         self._broker = broker
         self.settings = settings
         self.runtime_settings = runtime if runtime is not None else RuntimeSettings()
-        self.metrics = metrics if metrics is not None else ServiceMetrics(NAME)
+        self.notes: Counter[str] = Counter()
+        self.metrics = metrics if metrics is not None else ServiceMetrics(NAME, self.notes)
         self._clock = clock
         self._table = broker.topic_table()
         self._session = MqttSession(
@@ -338,6 +366,8 @@ class Gateway:
             ),
             window=settings.window,
             clock=self._clock,
+            limiter=_limiter(settings),
+            notes=self.notes,
         )
         share = settings.share_group if settings.shared_subscription else None
         attempt = 0
@@ -371,6 +401,11 @@ class Gateway:
                 await self._egress.wait()
         except TimeoutError:
             log.warning("%s: egress did not drain in time; disconnecting anyway", NAME)
+
+
+def _limiter(settings: GatewaySettings) -> DeviceRateLimiter | None:
+    limit = settings.rate_limit()
+    return None if limit is None else DeviceRateLimiter(limit, time.monotonic)
 
 
 async def run_gateway(

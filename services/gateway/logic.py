@@ -10,7 +10,11 @@ topic = device id in the payload), and what to produce for it:
                                             message id f"{update_id}/{part}", key = part id
 
 Anything else is a `Reject` (→ dead letter) with a reason. A device id mismatch is treated as
-hostile (a device speaking for another) and rejected like garbage.
+hostile (a device speaking for another) and rejected like garbage. So is a retained publish on
+any device topic but `status` (`check_retained`): a retained update or telemetry would be
+delivered again to every gateway that subscribes later, and applied as if sent anew.
+Before any of this the gateway charges the message to its device's token bucket
+(`services.gateway.ratelimit`): over the device's rate it is dropped and counted.
 
 Kafka → MQTT (`route_outbound`): where a record of `assignments`, `acks`, `model` or `rounds`
 goes:
@@ -106,6 +110,14 @@ def parse_device_topic(table: TopicTable, topic: str) -> tuple[str, InboundKind]
         return device, InboundKind(kind)
     except ValueError:
         return None
+
+
+def check_retained(kind: InboundKind, retain: bool, device: str) -> Reject | None:
+    """A `Reject` for a retained publish on a device topic other than `status` (a device's
+    status is retained by design: it is also its last will), else None."""
+    if not retain or kind is InboundKind.STATUS:
+        return None
+    return Reject(f"retained publish on a {kind.value} topic", "RetainedPublish", device)
 
 
 def split_update(update: ModelUpdate) -> tuple[PartUpdate, ...]:

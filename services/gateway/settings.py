@@ -10,11 +10,13 @@ session expire (`session_expiry_s`) or connect once with its client id and a cle
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedmoe.errors import SettingsError
 from fedmoe.settings import setting
 from schemas.topics import valid_segment
+from services.gateway.ratelimit import RateLimit
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,22 @@ class GatewaySettings:
         "FEDMOE_GATEWAY_RECONNECT_MAX_S", 10.0, "cap of the MQTT reconnect backoff, seconds"
     )
 
+    rate_per_s: float = setting(
+        "FEDMOE_GATEWAY_RATE_PER_S",
+        5.0,
+        "per-device token bucket: messages per second a device may send, sustained (0: off)",
+    )
+    burst: float = setting(
+        "FEDMOE_GATEWAY_BURST",
+        20.0,
+        "per-device token bucket: messages a device may send at once after a quiet spell",
+    )
+    drop_letter_interval_s: float = setting(
+        "FEDMOE_GATEWAY_DROP_LETTER_INTERVAL_S",
+        10.0,
+        "of a device's rate-limited messages, one dead letter per this many seconds",
+    )
+
     def __post_init__(self) -> None:
         if not valid_segment(self.client_id):
             raise SettingsError(f"FEDMOE_GATEWAY_CLIENT_ID: {self.client_id!r} is not a valid id")
@@ -72,3 +90,15 @@ class GatewaySettings:
             raise SettingsError("FEDMOE_GATEWAY_KEEPALIVE_S must be >= 1")
         if not self.reconnect_max_s > 0:
             raise SettingsError("FEDMOE_GATEWAY_RECONNECT_MAX_S must be > 0")
+        if not (math.isfinite(self.rate_per_s) and self.rate_per_s >= 0):
+            raise SettingsError("FEDMOE_GATEWAY_RATE_PER_S must be finite and >= 0")
+        try:
+            self.rate_limit()
+        except ValueError as exc:
+            raise SettingsError(f"FEDMOE_GATEWAY_BURST / _DROP_LETTER_INTERVAL_S: {exc}") from exc
+
+    def rate_limit(self) -> RateLimit | None:
+        """The per-device token bucket, or None when rate limiting is off (rate 0)."""
+        if self.rate_per_s == 0:
+            return None
+        return RateLimit(self.rate_per_s, self.burst, self.drop_letter_interval_s)
