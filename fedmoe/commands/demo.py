@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brokers._process import free_port
 from brokers.local import LocalBrokers
 from brokers.settings import LocalBrokerSettings
 from clients.settings import FleetSettings
@@ -92,23 +93,31 @@ def service_env(demo: DemoSettings, out: Path) -> dict[str, str]:
 
 async def _start_all(
     group: ProcessGroup, demo: DemoSettings, env: Mapping[str, str], out: Path
-) -> None:
+) -> dict[str, int]:
+    """Start every process; each service's metrics port (its own, free)."""
+    ports: dict[str, int] = {}
+
+    def own_port(name: str) -> dict[str, str]:
+        ports[name] = free_port()
+        return {**env, "FEDMOE_METRICS_PORT": str(ports[name])}
+
     if demo.record:
         # First, so it hears the fleet's first announcements; Kafka `rounds` from the start.
         await group.start("recorder", record_argv(Path(demo.record)), env)
     for name in SERVICES:
-        await group.start(name, fedmoe_argv("service", name), env)
+        await group.start(name, fedmoe_argv("service", name), own_port(name))
     for i in range(1, demo.aggregators + 1):
         await group.start(
             f"aggregator-{i}",
             fedmoe_argv("service", "aggregator"),
-            {**env, "FEDMOE_AGGREGATOR_INSTANCE_ID": f"aggregator-{i}"},
+            {**own_port(f"aggregator-{i}"), "FEDMOE_AGGREGATOR_INSTANCE_ID": f"aggregator-{i}"},
         )
     # The matcher starts the round clock; the fleet joins whenever it is up (retained state).
-    await group.start("matcher", fedmoe_argv("service", "matcher"), env)
+    await group.start("matcher", fedmoe_argv("service", "matcher"), own_port("matcher"))
     await group.start(
         "fleet", fedmoe_argv("fleet", "--stats-file", str(out / "fleet-stats.json")), env
     )
+    return ports
 
 
 async def _watch(
@@ -170,7 +179,7 @@ async def run_demo(
         env = child_env(environ, to_env(broker), to_env(scenario), service_env(demo, out))
         runtime, progress, changed = observer_runtime(broker)
         async with ProcessGroup(out / "logs") as group, runtime:
-            await _start_all(group, demo, env, out)
+            ports = await _start_all(group, demo, env, out)
             pids = group.pids
             finished = await _watch(group, progress, changed, demo.rounds, started + demo.timeout_s)
             # The fleet first: it finishes uploads under way (its drain) and writes its
@@ -189,6 +198,7 @@ async def run_demo(
         "updates_acked": fleet.get("updates_acked"),
         "fleet": fleet,
         "services": pids,
+        "metrics_ports": ports,  # each service's /metrics, /healthz, /readyz while it ran
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -208,8 +208,13 @@ class Soak:
         soak, scenario = self.soak, self.scenario
         namespace = f"soak-{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
-        brokers_settings = LocalBrokerSettings(
-            run_dir=str(self.out / "brokers"), namespace=namespace
+        # Brokers as the environment configures them (FEDMOE_* of LocalBrokerSettings), in
+        # this run's directory and namespace.
+        brokers_settings = load_settings(
+            LocalBrokerSettings,
+            self.environ,
+            run_dir=str(self.out / "brokers"),
+            namespace=namespace,
         )
         print(
             f"fedmoe soak: plan {soak.plan}, {scenario.devices} devices "
