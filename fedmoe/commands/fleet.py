@@ -1,5 +1,7 @@
 """`fedmoe fleet [--first I --count N] [--stats-file PATH] [flags]`: a simulated device fleet.
 
+With `--fleet-processes K` the devices are sharded over K child processes (`clients.shards`).
+
 Runs devices [I, I + N) of the scenario over MQTT (see `clients.fleet`) until SIGTERM / SIGINT
 or until RoundClosed of `--stop-after-round` was heard, then disconnects them cleanly and
 writes the counters to `--stats-file`. Settings: `FEDMOE_FLEET_*`, the brokers' `FEDMOE_*`
@@ -19,13 +21,14 @@ from brokers.settings import BrokerSettings
 from clients.control import ControlSettings, run_controlled_fleet
 from clients.fleet import run_fleet
 from clients.settings import FleetSettings
+from clients.shards import ShardSettings, run_sharded
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.scenario import ScenarioSettings
-from fedmoe.settings import add_arguments, from_args
+from fedmoe.settings import add_arguments, from_args, to_env
 
 log = logging.getLogger("fedmoe.fleet")
 
-_SETTINGS = (FleetSettings, BrokerSettings, ScenarioSettings, ControlSettings)
+_SETTINGS = (FleetSettings, BrokerSettings, ScenarioSettings, ControlSettings, ShardSettings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,8 @@ def main(argv: Sequence[str]) -> int:
         broker = from_args(BrokerSettings, args, environ)
         scenario = from_args(ScenarioSettings, args, environ)
         control = from_args(ControlSettings, args, environ)
-        fleet.device_range(scenario.devices)
+        shards = from_args(ShardSettings, args, environ)
+        devices = fleet.device_range(scenario.devices)
     except SettingsError as exc:
         print(f"fedmoe fleet: {exc}", file=sys.stderr)
         return 2
@@ -60,6 +64,19 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if shards.fleet_processes > 1:  # the parent of the shards (`clients.shards`)
+        env = {**environ}
+        for settings in (fleet, broker, scenario, control):
+            env.update(to_env(settings))
+        return asyncio.run(
+            run_sharded(
+                env,
+                devices,
+                shards.fleet_processes,
+                stats_file=fleet.stats_file,
+                journal_file=control.journal_file,
+            )
+        )
     try:
         if control.active:  # under a soak (`clients.control`)
             asyncio.run(run_controlled_fleet(fleet, control, broker, scenario))

@@ -109,3 +109,23 @@ def test_control_acts_on_its_own_devices_and_journals(tmp_path: Path) -> None:
         assert written[-1]["sent"] == [["u2", "expert-3"]]
 
     asyncio.run(scenario())
+
+
+def test_shard_counters_merge() -> None:
+    from clients.shards import merge_totals
+
+    a = {
+        "updates_sent": 3,
+        "acks": {"applied": 2},
+        "assignment_lag_s": {"n": 1, "mean": 0.2, "max": 0.2},
+    }
+    b = {
+        "updates_sent": 4,
+        "acks": {"applied": 1, "late": 1},
+        "assignment_lag_s": {"n": 3, "mean": 0.6, "max": 0.9},
+    }
+    assert merge_totals([a, b]) == {
+        "updates_sent": 7,
+        "acks": {"applied": 3, "late": 1},
+        "assignment_lag_s": {"n": 4, "mean": 0.5, "max": 0.9},
+    }
