@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -168,12 +169,31 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     else:
         loss = np.asarray(problem.expert_loss, dtype=np.float64)
         u *= np.where(np.isfinite(loss), loss, overall[:, None])
-    top = float(np.quantile(u, 0.95)) if u.size else 0.0
+    top = _scale_quantile(u)
     if top <= 0:
         return np.zeros((c, e))
     u /= top
     out: FloatArray = np.clip(u, 0.0, 1.0, out=u)
     return out
+
+
+QUANTILE_SAMPLE: Final = 1 << 20
+"""Above this many pairs the scale's quantile is taken over an even stride of this many."""
+
+
+def _scale_quantile(u: FloatArray) -> float:
+    """The 95th percentile of `u`: exact up to `QUANTILE_SAMPLE` pairs (every fleet of the
+    experiments), else over an evenly strided sample (at 10^6 × 256 the exact one flattens and
+    partitions 2 GB; the sample moves the scale by < 0.5% on
+    `benchmarks.matching` fleets of 10^5-10^6 clients)."""
+    flat = u.reshape(-1)
+    if flat.size > QUANTILE_SAMPLE:
+        # A stride coprime with the row length visits every column (expert) evenly.
+        stride = flat.size // QUANTILE_SAMPLE
+        while math.gcd(stride, u.shape[-1]) != 1:
+            stride += 1
+        flat = flat[::stride]
+    return float(np.quantile(flat, 0.95)) if flat.size else 0.0
 
 
 def exploration_bonus(problem: MatchingInput) -> FloatArray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from moe.load import ExpertLoadState, on_assignment, on_round_closed, on_update_applied
+from moe.matching import fitness as fitness_module
 from moe.matching.base import MatchingInput
 from moe.matching.fitness import (
     FitnessWeights,
@@ -280,3 +281,15 @@ def test_build_matching_input_from_profiles_and_load() -> None:
         [], load, round=1, deadline_s=1.0, shared_bytes=1.0, expert_bytes=1.0
     )
     assert empty.num_clients == 0
+
+
+def test_the_utility_scale_is_exact_on_small_fleets_and_sampled_evenly_on_huge_ones() -> None:
+    rng = np.random.default_rng(3)
+    small = rng.random((1000, 32))
+    assert fitness_module._scale_quantile(small) == float(np.quantile(small, 0.95))
+    # Columns with very different scales: a stride sharing a factor with the row length
+    # would see only some of them.
+    columns = np.geomspace(0.01, 10.0, 256)
+    huge = rng.random((fitness_module.QUANTILE_SAMPLE // 64, 256)) * columns
+    exact = float(np.quantile(huge, 0.95))
+    assert fitness_module._scale_quantile(huge) == pytest.approx(exact, rel=0.01)
