@@ -120,9 +120,16 @@ def effective_capacity(problem: MatchingInput) -> IntArray:
     return np.clip(cap, 0, problem.num_experts).astype(np.int64)
 
 
+def _at_least_zero(values: ArrayLike) -> FloatArray:
+    """A float64 copy of `values` with negatives raised to 0 and NaN kept (what
+    `np.clip(x, 0, None)` gives, several times faster on 10^8 pairs)."""
+    out = np.array(values, dtype=np.float64)
+    return np.maximum(out, 0.0, out=out)
+
+
 def normalised_affinity(affinity: ArrayLike) -> FloatArray:
     """Ã: each row divided by its maximum (rows of zeros stay zero)."""
-    a = np.clip(np.asarray(affinity, dtype=np.float64), 0.0, None)
+    a = _at_least_zero(affinity)
     top = a.max(axis=1, keepdims=True) if a.shape[1] else np.zeros((a.shape[0], 1))
     np.divide(a, top, out=a, where=top > 0)
     return a
@@ -162,7 +169,7 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
         np.ones(c) if problem.num_samples is None else np.asarray(problem.num_samples, np.float64)
     )
     # In place: at 10^5 clients × 256 experts every temporary is 200 MB.
-    u = np.clip(np.asarray(problem.affinity, dtype=np.float64), 0.0, None)
+    u = _at_least_zero(problem.affinity)
     np.multiply(samples[:, None], u, out=u)
     if problem.expert_loss is None:
         u *= overall[:, None]
@@ -173,8 +180,7 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     if top <= 0:
         return np.zeros((c, e))
     u /= top
-    out: FloatArray = np.clip(u, 0.0, 1.0, out=u)
-    return out
+    return np.minimum(u, 1.0, out=u)
 
 
 QUANTILE_SAMPLE: Final = 1 << 20
@@ -200,7 +206,7 @@ def exploration_bonus(problem: MatchingInput) -> FloatArray:
     """X(c,e) = sqrt(ln(t + 2) / (1 + n_ce)); n_ce from `trials`, else 0 where Q is NaN
     and 1 where it was measured."""
     if problem.trials is not None:
-        n = np.clip(np.asarray(problem.trials, dtype=np.float64), 0.0, None)
+        n = _at_least_zero(problem.trials)
     else:
         n = (~np.isnan(np.asarray(problem.quality, dtype=np.float64))).astype(np.float64)
     n += 1.0
@@ -222,7 +228,8 @@ def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None
     w = weights or FitnessWeights()
     # In place where possible: at 10^5 clients × 256 experts every temporary is 200 MB.
     a = normalised_affinity(problem.affinity)
-    f = np.clip(np.asarray(problem.quality, dtype=np.float64), 0.0, 1.0)
+    f = _at_least_zero(problem.quality)
+    np.minimum(f, 1.0, out=f)
     unmeasured = np.isnan(f)
     np.copyto(f, a, where=unmeasured)  # new pairs start from Ã
     f *= w.quality
