@@ -87,3 +87,26 @@ def test_histogram_buckets_are_cumulative() -> None:
         hist.observe(value)
     assert hist.buckets() == [("0.1", 1.0), ("1.0", 3.0), ("+Inf", 4.0)]
     assert hist.total == 4.05
+
+
+def test_partition_ends_come_from_the_wrapped_client() -> None:
+    from aiokafka.structs import TopicPartition
+
+    from brokers.kafka import Partition
+    from services.runtime.lag import highwaters
+
+    class Inner:
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return {("t", 0): 40, ("t", 1): None}.get((tp.topic, tp.partition))
+
+    class Wrapper:
+        _consumer = Inner()
+
+    class Public:
+        def highwaters(self) -> dict[tuple[str, int], int]:
+            return {("t", 3): 9}
+
+    owned = [Partition("t", 0), Partition("t", 1)]
+    assert highwaters(Wrapper(), owned) == {("t", 0): 40}
+    assert highwaters(Public(), owned) == {("t", 3): 9}
+    assert highwaters(object(), owned) == {}
