@@ -60,6 +60,9 @@ class DemoSettings:
     )
     out: Path = setting("FEDMOE_DEMO_OUT", Path("demo-out"), "output directory")
     aggregators: int = setting("FEDMOE_DEMO_AGGREGATORS", 2, "aggregator processes")
+    fleet_processes: int = setting(
+        "FEDMOE_DEMO_FLEET_PROCESSES", 1, "fleet processes the devices are sharded over"
+    )
     timeout_s: float = setting("FEDMOE_DEMO_TIMEOUT_S", 900.0, "give up after this long")
     record: str = setting(
         "FEDMOE_DEMO_RECORD",
@@ -75,6 +78,8 @@ class DemoSettings:
             raise SettingsError(f"FEDMOE_DEMO_STRATEGY: {self.strategy!r} not in {STRATEGY_NAMES}")
         if self.aggregators < 1:
             raise SettingsError("FEDMOE_DEMO_AGGREGATORS must be >= 1")
+        if self.fleet_processes < 1:
+            raise SettingsError("FEDMOE_DEMO_FLEET_PROCESSES must be >= 1")
         if not self.timeout_s > 0:
             raise SettingsError("FEDMOE_DEMO_TIMEOUT_S must be > 0")
 
@@ -114,8 +119,11 @@ async def _start_all(
         )
     # The matcher starts the round clock; the fleet joins whenever it is up (retained state).
     await group.start("matcher", fedmoe_argv("service", "matcher"), own_port("matcher"))
+    stats = str(out / "fleet-stats.json")
     await group.start(
-        "fleet", fedmoe_argv("fleet", "--stats-file", str(out / "fleet-stats.json")), env
+        "fleet",
+        fedmoe_argv("fleet", "--stats-file", stats, "--fleet-processes", str(demo.fleet_processes)),
+        env,
     )
     return ports
 
