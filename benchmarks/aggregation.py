@@ -1,6 +1,6 @@
 """Benchmark of per-part streaming aggregation beside numpy's in-place ceiling.
 
-    python -m benchmarks.aggregation [--quick] [--updates N] [--repeats N] [--rule NAME]
+    python -m benchmarks.aggregation [--quick] [--updates N] [--repeats N] [--rules A,B]
 
 For each part size (64 KB to 256 MB of float32 weights) it times, on one core:
 
@@ -186,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="64 KB to 4 MB only")
     parser.add_argument("--updates", type=int, default=8, help="updates folded per part")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
-    parser.add_argument("--rule", default="fedavg", help="aggregation rule (moe.aggregation)")
+    parser.add_argument(
+        "--rules",
+        default="fedavg,clipped-fedavg",
+        help="comma-separated aggregation rules (moe.aggregation.registry)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes-mb", default=None, help="comma-separated part sizes in MB")
     args = parser.parse_args(argv)
@@ -197,8 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = {"machine": platform.machine(), "cpus": _cpus()}
     for nbytes in sizes:
         updates = args.updates if nbytes <= 64 * MB else max(2, args.updates // 4)
-        for line in measure(nbytes, updates, args.repeats, args.rule, args.seed):
-            print(json.dumps({**line, **machine}), flush=True)
+        for rule in args.rules.split(","):
+            for line in measure(nbytes, updates, args.repeats, rule, args.seed):
+                print(json.dumps({**line, **machine}), flush=True)
     return 0
 
 
