@@ -7,6 +7,12 @@ integration-test fixtures.
         brokers.mqtt_url                 # "mqtt://127.0.0.1:PORT"
         await brokers.create_namespace("t-other")
         settings = brokers.broker_settings("t-other")
+
+Mosquitto authenticates every client against a device registry (`brokers.registry`; at
+`device_registry`, else `RUN_DIR/registry`, created empty for `mqtt_root`) unless
+`mqtt_insecure`; with `mqtt_tls` it listens with TLS only, with certificates from
+`certs_dir` (else `RUN_DIR/certs`), created when missing. `broker_settings()` then carries the
+CA file but no credentials: each client adds its own account.
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ from typing import Any, Self
 from brokers.admin import TopicsReport, create_topics
 from brokers.errors import BrokerLaunchError
 from brokers.mosquitto import MosquittoBroker
+from brokers.registry import DeviceRegistry
 from brokers.settings import BrokerSettings, LocalBrokerSettings
 from brokers.tansu import TansuBroker
+from brokers.tls import DEFAULT_HOSTS, TlsFiles, create_certificates
 from schemas.topics import TopicTable
 
 log = logging.getLogger(__name__)
+
+INSECURE_WARNING = (
+    "*** WARNING: MQTT AUTH IS OFF (insecure mode). Any client that reaches Mosquitto may "
+    "publish as any device and overwrite the retained model and round. Debugging only. ***"
+)
 
 
 class LocalBrokers:
@@ -40,6 +53,8 @@ class LocalBrokers:
         self.run_dir: Path | None = Path(self.settings.run_dir) if self.settings.run_dir else None
         self.tansu: TansuBroker | None = None
         self.mosquitto: MosquittoBroker | None = None
+        self.registry: DeviceRegistry | None = None  # None: --insecure, anonymous clients
+        self.tls: TlsFiles | None = None
         self.topics: dict[str, TopicsReport] = {}  # namespace -> what creation did
 
     @property
@@ -63,11 +78,16 @@ class LocalBrokers:
 
     def env(self) -> dict[str, str]:
         """The environment a service needs to use these brokers."""
-        return {
+        env = {
             "FEDMOE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "FEDMOE_MQTT_URL": self.mqtt_url,
             "FEDMOE_NAMESPACE": self.settings.namespace,
         }
+        if self.tls is not None:
+            env["FEDMOE_MQTT_CA_FILE"] = str(self.tls.ca_file)
+        if self.registry is not None:
+            env["FEDMOE_DEVICE_REGISTRY"] = str(self.registry.path)
+        return env
 
     def broker_settings(self, namespace: str | None = None, **overrides: Any) -> BrokerSettings:
         """`BrokerSettings` pointing at these brokers (and `namespace`, default the started one)."""
@@ -75,6 +95,7 @@ class LocalBrokers:
             kafka_bootstrap=self.kafka_bootstrap,
             mqtt_url=self.mqtt_url,
             namespace=namespace or self.settings.namespace,
+            mqtt_ca_file="" if self.tls is None else str(self.tls.ca_file),
         )
         return dataclasses.replace(base, **overrides) if overrides else base
 
@@ -90,14 +111,33 @@ class LocalBrokers:
         self.topics[namespace] = report
         return report
 
+    def _prepare_security(self, run_dir: Path) -> None:
+        """The registry (unless insecure) and the TLS files (with TLS), created if absent."""
+        settings = self.settings
+        if not settings.mqtt_insecure:
+            path = Path(settings.device_registry or run_dir / "registry")
+            self.registry = DeviceRegistry.create(path.absolute(), settings.mqtt_root)
+        else:
+            log.warning(INSECURE_WARNING)
+        if settings.mqtt_tls:
+            certs = Path(settings.certs_dir or run_dir / "certs").absolute()
+            existing = TlsFiles.in_dir(certs)
+            present = all(
+                p.exists() for p in (existing.ca_file, existing.cert_file, existing.key_file)
+            )
+            self.tls = existing if present else create_certificates(certs, DEFAULT_HOSTS)
+
     async def start(self) -> None:
         """Start Tansu and Mosquitto side by side, then create the namespace's topics."""
         if self.run_dir is None:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="fedmoe-brokers-"))
             self.run_dir = self._temp_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_security(self.run_dir)
         self.tansu = TansuBroker.from_settings(self.settings, self.run_dir)
-        self.mosquitto = MosquittoBroker.from_settings(self.settings, self.run_dir)
+        self.mosquitto = MosquittoBroker.from_settings(
+            self.settings, self.run_dir, registry=self.registry, tls=self.tls
+        )
         try:
             results = await asyncio.gather(
                 self.tansu.start(), self.mosquitto.start(), return_exceptions=True

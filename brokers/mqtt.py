@@ -29,6 +29,12 @@ client id reconnects, so a crash leads to redelivery, never loss. While unacknow
 pile up, the broker stops sending more once the client's Receive Maximum (or Mosquitto's
 `max_inflight_messages`) is reached: backpressure rather than an unbounded queue here.
 
+Identity and TLS come from `BrokerSettings` for every client made here (username, password
+from a file or the environment, `mqtts://` with the CA file): one path for every process.
+A publish the broker refuses (MQTT 5 PUBACK with a reason code >= 0x80, e.g. 0x87 "not
+authorized" by the ACL) completes in aiomqtt like an accepted one; `mqtt_client` hooks paho's
+`on_publish` so it is logged and counted (`on_refused`) instead of passing unseen.
+
 Errors: aiomqtt's `MqttError` family becomes `BrokerUnavailable` (connection refused or lost),
 `BrokerTimeout` ("Operation timed out") or `BrokerError` (refused for good: bad credentials,
 not authorised, bad client id). Every await has a timeout (`request_timeout_s`).
@@ -39,7 +45,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -52,6 +59,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from brokers.errors import BrokerError, BrokerTimeout, BrokerUnavailable
 from brokers.settings import BrokerSettings
+from brokers.tls import client_ssl_context
+from fedmoe.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,28 @@ def connect_properties(session_expiry_s: int, receive_maximum: int | None) -> Pr
     return props
 
 
+OnRefused = Callable[[int, int], None]  # (mid, reason code) of a publish the broker refused
+
+
+def _log_refused(mid: int, code: int) -> None:
+    log.warning("mqtt: publish mid %d refused by the broker (reason 0x%02x)", mid, code)
+
+
+def _watch_refusals(client: aiomqtt.Client, on_refused: OnRefused) -> None:
+    """Call `on_refused` for every PUBACK with a failure reason code (aiomqtt ignores it)."""
+    paho = client._client  # private: aiomqtt has no hook for the PUBACK reason code
+    inner: Any = paho.on_publish  # aiomqtt's, with paho's v2 callback signature
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        code = _reason_value(reason)
+        if code is not None and code >= 0x80:
+            on_refused(mid, code)
+        if inner is not None:
+            inner(c, userdata, mid, reason, properties)
+
+    paho.on_publish = on_publish
+
+
 def mqtt_client(
     settings: BrokerSettings,
     *,
@@ -114,6 +145,8 @@ def mqtt_client(
     username: str | None = None,
     password: str | None = None,
     manual_ack: bool = False,
+    tls_context: ssl.SSLContext | None = None,
+    on_refused: OnRefused | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt client (MQTT v5) for `settings.mqtt_url`; call inside a running loop.
 
@@ -121,8 +154,20 @@ def mqtt_client(
     session expiry), so QoS 1 messages sent while it was away, or not yet acknowledged, are
     delivered when it reconnects. `manual_ack` turns off paho's automatic PUBACK (see the
     module docstring); only `MqttSession` knows how to send it then.
+
+    Credentials: `username` / `password` when given (a simulated fleet's devices), else the
+    settings' account. TLS when the URL is `mqtts://`, verifying the broker against
+    `settings.mqtt_ca_file` (or `tls_context`, to share one among many clients).
+    `on_refused` hears of refused publishes (default: a warning in the log).
     """
     host, port = settings.mqtt_host_port()
+    if username is None:
+        try:
+            username, password = settings.mqtt_credentials()
+        except SettingsError as exc:
+            raise BrokerError(f"mqtt {client_id}: {exc}") from exc
+    if settings.mqtt_tls() and tls_context is None:
+        tls_context = client_ssl_context(settings.mqtt_ca_file or None)
     client = aiomqtt.Client(
         host,
         port,
@@ -135,9 +180,11 @@ def mqtt_client(
         will=will,
         username=username,
         password=password,
+        tls_context=tls_context if settings.mqtt_tls() else None,
     )
     if manual_ack:
         client._client.manual_ack_set(True)  # private: see the module docstring
+    _watch_refusals(client, on_refused or _log_refused)
     return client
 
 
@@ -168,6 +215,7 @@ class MqttSession:
         self._client: aiomqtt.Client | None = None
         self._connections = itertools.count(1)
         self._connection = 0
+        self.refused_publishes = 0  # PUBACKs with a failure reason code (e.g. ACL denied)
 
     @property
     def connected(self) -> bool:
@@ -185,6 +233,7 @@ class MqttSession:
             receive_maximum=self._receive_maximum,
             keepalive_s=self._keepalive_s,
             manual_ack=self._manual_ack,
+            on_refused=self._refused,
         )
         try:
             # aiomqtt bounds the CONNACK wait by `timeout`; the TCP connect runs in a thread.
@@ -212,6 +261,16 @@ class MqttSession:
                 await client.__aexit__(None, None, None)
         except (aiomqtt.MqttError, OSError, TimeoutError) as err:
             log.warning("mqtt: %s: disconnect was not clean: %s", self.client_id, err)
+
+    def _refused(self, mid: int, code: int) -> None:
+        self.refused_publishes += 1
+        log.warning(
+            "mqtt: %s: publish mid %d refused by the broker (reason 0x%02x; 0x87 = not "
+            "authorized: check this account's role in the device registry)",
+            self.client_id,
+            mid,
+            code,
+        )
 
     def _require(self) -> aiomqtt.Client:
         if self._client is None:

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from fedmoe.errors import SettingsError
 from fedmoe.settings import setting
@@ -16,18 +18,38 @@ from schemas.topics import TopicTable, valid_segment
 
 MIB = 1024 * 1024
 DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTTS_PORT = 8883
 _ACKS = ("0", "1", "all")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def read_secret(path: str, *, env: str) -> str:
+    """The secret in file `path` (its first line, without the newline)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{env}: cannot read {path}: {exc.strerror or exc}") from exc
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise SettingsError(f"{env}: {path} is empty")
+    return secret
+
+
+def mqtt_url_tls(url: str) -> bool:
+    """Whether an MQTT URL asks for TLS (`mqtts://`)."""
+    return urllib.parse.urlsplit(url.strip()).scheme in {"mqtts", "ssl"}
 
 
 def parse_mqtt_url(url: str, *, env: str = "FEDMOE_MQTT_URL") -> tuple[str, int]:
-    """(host, port) of an `mqtt://host[:port]` URL; a clear `SettingsError` otherwise."""
+    """(host, port) of an `mqtt[s]://host[:port]` URL; a clear `SettingsError` otherwise."""
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
         raise SettingsError(f"{env}: cannot read {url!r} as mqtt://host:port ({exc})") from exc
-    if parts.scheme not in {"mqtt", "tcp"}:
-        raise SettingsError(f"{env}: {url!r} must start with mqtt:// (TLS lands later)")
+    if parts.scheme not in {"mqtt", "tcp", "mqtts", "ssl"}:
+        raise SettingsError(f"{env}: {url!r} must start with mqtt:// or mqtts:// (TLS)")
     if not parts.hostname:
         raise SettingsError(f"{env}: {url!r} names no host (expected mqtt://host:port)")
     if parts.path not in {"", "/"} or parts.query or parts.fragment:
@@ -36,7 +58,8 @@ def parse_mqtt_url(url: str, *, env: str = "FEDMOE_MQTT_URL") -> tuple[str, int]
         raise SettingsError(f"{env}: {url!r}: put credentials in their own settings")
     if port == 0:
         raise SettingsError(f"{env}: {url!r}: port 0 is not a broker port")
-    return parts.hostname, DEFAULT_MQTT_PORT if port is None else port
+    default = DEFAULT_MQTTS_PORT if parts.scheme in {"mqtts", "ssl"} else DEFAULT_MQTT_PORT
+    return parts.hostname, default if port is None else port
 
 
 def parse_bootstrap(bootstrap: str, *, env: str = "FEDMOE_KAFKA_BOOTSTRAP") -> list[str]:
@@ -74,10 +97,73 @@ class BrokerSettings:
     request_timeout_s: float = setting(
         "FEDMOE_REQUEST_TIMEOUT_S", 10.0, "timeout of one broker request, seconds"
     )
+    # MQTT identity and TLS (docs/security.md). Secrets come from a file or the environment,
+    # never from a flag: argv is visible to every user of the machine.
+    mqtt_username: str = setting(
+        "FEDMOE_MQTT_USERNAME", "", "MQTT user name (a device id or a service account)"
+    )
+    mqtt_password_file: str = setting(
+        "FEDMOE_MQTT_PASSWORD_FILE", "", "file holding the MQTT password (first line)"
+    )
+    mqtt_password: str = setting(
+        "FEDMOE_MQTT_PASSWORD", "", "MQTT password (environment only)", secret=True
+    )
+    mqtt_ca_file: str = setting(
+        "FEDMOE_MQTT_CA_FILE",
+        "",
+        "CA certificate that signed the MQTT broker's (mqtts://; empty = the system's CAs)",
+    )
+    kafka_security_protocol: str = setting(
+        "FEDMOE_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        f"Kafka security protocol, one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}",
+    )
+    kafka_sasl_mechanism: str = setting(
+        "FEDMOE_KAFKA_SASL_MECHANISM",
+        "SCRAM-SHA-512",
+        f"Kafka SASL mechanism (SASL_*), one of {', '.join(KAFKA_SASL_MECHANISMS)}",
+    )
+    kafka_username: str = setting("FEDMOE_KAFKA_USERNAME", "", "Kafka SASL user name")
+    kafka_password_file: str = setting(
+        "FEDMOE_KAFKA_PASSWORD_FILE", "", "file holding the Kafka SASL password (first line)"
+    )
+    kafka_password: str = setting(
+        "FEDMOE_KAFKA_PASSWORD", "", "Kafka SASL password (environment only)", secret=True
+    )
+    kafka_ca_file: str = setting(
+        "FEDMOE_KAFKA_CA_FILE",
+        "",
+        "CA certificate that signed the Kafka brokers' (SSL, SASL_SSL; empty = system CAs)",
+    )
 
     def __post_init__(self) -> None:
         parse_bootstrap(self.kafka_bootstrap)
         parse_mqtt_url(self.mqtt_url)
+        if self.mqtt_password and self.mqtt_password_file:
+            raise SettingsError("give FEDMOE_MQTT_PASSWORD or FEDMOE_MQTT_PASSWORD_FILE, not both")
+        if (self.mqtt_password or self.mqtt_password_file) and not self.mqtt_username:
+            raise SettingsError("an MQTT password needs FEDMOE_MQTT_USERNAME")
+        if self.mqtt_username and not valid_segment(self.mqtt_username):
+            raise SettingsError(f"FEDMOE_MQTT_USERNAME: {self.mqtt_username!r} is not a valid id")
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"FEDMOE_KAFKA_SECURITY_PROTOCOL: {self.kafka_security_protocol!r} is not one "
+                f"of {KAFKA_SECURITY_PROTOCOLS}"
+            )
+        if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(
+                f"FEDMOE_KAFKA_SASL_MECHANISM: {self.kafka_sasl_mechanism!r} is not one of "
+                f"{KAFKA_SASL_MECHANISMS}"
+            )
+        if self.kafka_password and self.kafka_password_file:
+            raise SettingsError(
+                "give FEDMOE_KAFKA_PASSWORD or FEDMOE_KAFKA_PASSWORD_FILE, not both"
+            )
+        if self.kafka_security_protocol.startswith("SASL_") and not self.kafka_username:
+            raise SettingsError(
+                f"FEDMOE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "FEDMOE_KAFKA_USERNAME and a password"
+            )
         if not valid_segment(self.namespace):
             raise SettingsError(f"FEDMOE_NAMESPACE: {self.namespace!r} is not a valid name")
         if not valid_segment(self.mqtt_root):
@@ -97,6 +183,44 @@ class BrokerSettings:
         """(host, port) of `mqtt_url`."""
         return parse_mqtt_url(self.mqtt_url)
 
+    def mqtt_tls(self) -> bool:
+        """Whether MQTT runs over TLS (an `mqtts://` URL)."""
+        return mqtt_url_tls(self.mqtt_url)
+
+    def mqtt_credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) for MQTT; the password file is read now, so a rotated
+        secret is used at the next connect. (None, None) for an anonymous client."""
+        if not self.mqtt_username:
+            return None, None
+        if self.mqtt_password_file:
+            return self.mqtt_username, read_secret(
+                self.mqtt_password_file, env="FEDMOE_MQTT_PASSWORD_FILE"
+            )
+        return self.mqtt_username, self.mqtt_password or None
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka's security arguments (producer, consumer and admin client take the same):
+        `security_protocol`, and with SSL an `ssl_context` verifying against the CA file,
+        with SASL the mechanism and credentials. Empty for PLAINTEXT (aiokafka's default)."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        kwargs: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = kafka_ssl_context(self.kafka_ca_file)
+        if protocol.startswith("SASL_"):
+            password = self.kafka_password
+            if self.kafka_password_file:
+                password = read_secret(self.kafka_password_file, env="FEDMOE_KAFKA_PASSWORD_FILE")
+            if not password:
+                raise SettingsError(
+                    f"{protocol} needs FEDMOE_KAFKA_PASSWORD_FILE or FEDMOE_KAFKA_PASSWORD"
+                )
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_username
+            kwargs["sasl_plain_password"] = password
+        return kwargs
+
     def bootstrap_servers(self) -> list[str]:
         """`kafka_bootstrap` as a list of host:port."""
         return parse_bootstrap(self.kafka_bootstrap)
@@ -108,6 +232,16 @@ class BrokerSettings:
         if self.kafka_acks == "1":
             return 1
         return "all"
+
+
+def kafka_ssl_context(ca_file: str) -> ssl.SSLContext:
+    """A client context verifying Kafka's certificate against `ca_file` (system CAs if "")."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"FEDMOE_KAFKA_CA_FILE: cannot load {ca_file}: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @dataclass(frozen=True)
@@ -148,6 +282,27 @@ class LocalBrokerSettings:
     mqtt_max_inflight_messages: int = setting(
         "FEDMOE_MQTT_MAX_INFLIGHT_MESSAGES", 100, "QoS1 messages in flight per client"
     )
+    mqtt_insecure: bool = setting(
+        "FEDMOE_MQTT_INSECURE",
+        False,
+        "DEBUGGING ONLY: Mosquitto accepts anonymous clients and applies no ACL",
+    )
+    device_registry: str = setting(
+        "FEDMOE_DEVICE_REGISTRY",
+        "",
+        "device registry directory Mosquitto authenticates against (empty = RUN_DIR/registry)",
+    )
+    mqtt_root: str = setting(
+        "FEDMOE_MQTT_ROOT", "fleet", "MQTT root a new registry's ACL is written for"
+    )
+    mqtt_tls: bool = setting(
+        "FEDMOE_MQTT_TLS", False, "Mosquitto listens with TLS only (mqtts://), certs from CERTS_DIR"
+    )
+    certs_dir: str = setting(
+        "FEDMOE_CERTS_DIR",
+        "",
+        "CA and broker certificate directory (`fedmoe certs`; empty = RUN_DIR/certs, created)",
+    )
     start_timeout_s: float = setting(
         "FEDMOE_BROKER_START_TIMEOUT_S", 30.0, "how long a local broker may take to start"
     )
@@ -178,5 +333,7 @@ class LocalBrokerSettings:
             )
         if self.mqtt_max_inflight_messages < 1:
             raise SettingsError("FEDMOE_MQTT_MAX_INFLIGHT_MESSAGES must be >= 1")
+        if not valid_segment(self.mqtt_root):
+            raise SettingsError(f"FEDMOE_MQTT_ROOT: {self.mqtt_root!r} is not a valid name")
         if not self.start_timeout_s > 0 or not self.stop_timeout_s > 0:
             raise SettingsError("FEDMOE_BROKER_START/STOP_TIMEOUT_S must be > 0")

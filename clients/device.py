@@ -80,6 +80,7 @@ class DeviceAgent:
         stats: DeviceStats | None = None,
         on_round_closed: RoundHook | None = None,
         clock: Callable[[], float] = time.time,
+        password: str | None = None,
     ) -> None:
         self.index = index
         self.device = device_id(index)
@@ -127,6 +128,10 @@ class DeviceAgent:
             will=self._will,
             session_expiry_s=settings.session_expiry_s,
             keepalive_s=settings.keepalive_s,
+            # Its own account (username = device id) when it has a secret; else the broker
+            # settings' (an --insecure broker takes anonymous clients).
+            username=self.device if password is not None else None,
+            password=password,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -145,9 +150,7 @@ class DeviceAgent:
         """Run until `stop` is set: then say goodbye and disconnect cleanly."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            link = group.create_task(
-                self._link.run(self._handle, self._on_connect), name=f"{self.device}:mqtt"
-            )
+            link = group.create_task(self._run_link(), name=f"{self.device}:mqtt")
             stopped = group.create_task(stop.wait(), name=f"{self.device}:stop-watch")
             await asyncio.wait({link, stopped}, return_when=asyncio.FIRST_COMPLETED)
             for task in list(self._work):
@@ -157,6 +160,17 @@ class DeviceAgent:
                 link.cancel()
             stopped.cancel()
         self._group = None
+
+    async def _run_link(self) -> None:
+        try:
+            await self._link.run(self._handle, self._on_connect)
+        except BrokerError as exc:
+            if exc.retriable:
+                raise
+            # Refused for good (a revoked account, a wrong secret): this device stops, the
+            # rest of the fleet goes on.
+            log.error("%s: stopped: %s", self.device, exc)
+            self.stats.count(Event.REFUSED)
 
     def drain(self) -> None:
         """Take no new work (announcements, assignments); finish the rounds under way."""

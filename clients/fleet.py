@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from brokers.errors import RegistryError
+from brokers.registry import read_secrets_file
 from brokers.settings import BrokerSettings
 from clients.device import DeviceAgent
 from clients.settings import FleetSettings
@@ -28,7 +30,7 @@ from clients.stats import totals
 from clients.world import FleetWorld
 from fedmoe.scenario import ScenarioSettings
 from fedmoe.signals import stop_on_signals
-from moe.scenario import Scenario, build_scenario
+from moe.scenario import Scenario, build_scenario, device_id
 from moe.training import single_threaded_blas
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Fleet:
         )
         self.world = FleetWorld(self.scenario, time_scale=scenario_settings.time_scale)
         self.indices = settings.device_range(self.scenario.config.num_devices)
+        secrets = device_secrets(settings, self.indices)
         self.agents = [
             DeviceAgent(
                 i,
@@ -58,6 +61,7 @@ class Fleet:
                 settings=settings,
                 broker=broker,
                 on_round_closed=self._round_closed,
+                password=secrets.get(device_id(i)),
             )
             for i in self.indices
         ]
@@ -131,6 +135,20 @@ class Fleet:
             "totals": totals(a.stats for a in self.agents),
             "devices": {a.device: a.stats.as_dict() for a in self.agents},
         }
+
+
+def device_secrets(settings: FleetSettings, indices: range) -> dict[str, str]:
+    """Each simulated device's secret from `FEDMOE_FLEET_SECRETS_FILE` (none: {})."""
+    if not settings.secrets_file:
+        return {}
+    secrets = read_secrets_file(Path(settings.secrets_file))
+    missing = [device_id(i) for i in indices if device_id(i) not in secrets]
+    if missing:
+        raise RegistryError(
+            f"FEDMOE_FLEET_SECRETS_FILE {settings.secrets_file}: no secret for "
+            f"{len(missing)} devices (first {missing[0]}); provision them with `fedmoe devices add`"
+        )
+    return secrets
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -61,8 +61,14 @@ class DeviceLink:
         will: Will,
         session_expiry_s: int,
         keepalive_s: int,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self._broker = broker
+        # The device's own account (a simulated fleet gives each device its own); None: the
+        # broker settings' account.
+        self._username = username
+        self._password = password
         self._timeout = broker.request_timeout_s
         self.client_id = client_id
         self._subscriptions = list(subscriptions)
@@ -111,6 +117,8 @@ class DeviceLink:
             session_expiry_s=self._session_expiry_s,
             keepalive_s=self._keepalive_s,
             will=aiomqtt.Will(topic, payload, qos=1, retain=True),
+            username=self._username,
+            password=self._password,
         )
         try:
             async with asyncio.timeout(self._timeout + 1.0):

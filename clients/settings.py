@@ -75,6 +75,12 @@ class FleetSettings:
         "how long the broker keeps a device's session (and its queued messages) while away",
     )
     keepalive_s: int = setting("FEDMOE_FLEET_KEEPALIVE_S", 30, "MQTT keepalive, seconds")
+    secrets_file: str = setting(
+        "FEDMOE_FLEET_SECRETS_FILE",
+        "",
+        "JSON map device id -> secret (`fedmoe devices add --secrets-file`, mode 0600): each "
+        "device connects as itself (empty = every device uses the FEDMOE_MQTT_* account)",
+    )
 
     def __post_init__(self) -> None:
         if self.first < 0 or self.count < 0:

@@ -76,6 +76,7 @@ class Event(StrEnum):
     UPDATE_ABANDONED = "update_abandoned"  # resends exhausted before every part was acked
     PUBLISH_FAILED = "publish_failed"  # a publish that found no connection in time
     RECONNECTS = "reconnects"  # connections after the first
+    REFUSED = "refused"  # the broker refused its credentials (revoked): the device stopped
 
 
 @dataclass

@@ -17,8 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("fedmoe.commands.fleet", "run a simulated device fleet over MQTT"),
     "demo": ("fedmoe.commands.demo", "brokers + every service + a fleet, end to end"),
     "soak": ("fedmoe.commands.soak", "the system under a fault plan, invariants live, a report"),
-    "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
-    "replay": ("fedmoe.commands.replay", "replay a recording, or ask offline what-if"),
+    "devices": ("fedmoe.commands.devices", "per-device MQTT accounts: add, revoke, list"),
+    "certs": ("fedmoe.commands.certs", "a local CA and the brokers' TLS certificate"),
     "record": ("fedmoe.commands.record", "record a deployment's traffic to a Parquet file"),
     "replay": ("fedmoe.commands.replay", "replay a recording, or ask offline what-if"),
 }

@@ -22,9 +22,15 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def setting(env: str, default: Any, help: str) -> Any:
-    """Declare a settings field read from environment variable `env`."""
-    return dataclasses.field(default=default, metadata={"env": env, "help": help})
+def setting(env: str, default: Any, help: str, *, secret: bool = False) -> Any:
+    """Declare a settings field read from environment variable `env`.
+
+    A `secret` one (a password) is read from the environment only: it gets no CLI flag
+    (argv is visible to every user of the machine) and stays out of the settings' repr.
+    """
+    return dataclasses.field(
+        default=default, repr=not secret, metadata={"env": env, "help": help, "secret": secret}
+    )
 
 
 def _convert(name: str, kind: Any, raw: Any) -> Any:
@@ -74,10 +80,34 @@ def load_settings(cls: type[T], environ: Mapping[str, str], **overrides: Any) ->
         raise SettingsError(f"{cls.__name__}: {exc}") from exc
 
 
+class _RefuseSecret(argparse.Action):
+    """A secret given as a flag: an error that names the safe ways (and not the value)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        env = option_string.lstrip("-").upper().replace("-", "_") if option_string else ""
+        parser.error(
+            f"{option_string}: secrets are never taken from the command line; set "
+            f"FEDMOE_{env} in the environment or use FEDMOE_{env}_FILE"
+        )
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     """Add one `--flag` per settings field; the help names its env variable and default."""
     for f, kind in _fields(cls):
         flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("secret"):
+            # Environment only: argv is visible to every user of the machine. The flag exists
+            # only to refuse it (else argparse would take it as an abbreviation of another).
+            parser.add_argument(
+                flag, dest=f"_refused_{f.name}", action=_RefuseSecret, help=argparse.SUPPRESS
+            )
+            continue
         env = f.metadata["env"]
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f"{f.metadata['help']} (env {env}; default {default!r})"

@@ -4,9 +4,14 @@
 
     FEDMOE_KAFKA_BOOTSTRAP=127.0.0.1:<port>
     FEDMOE_MQTT_URL=mqtt://127.0.0.1:<port>
+    FEDMOE_DEVICE_REGISTRY=<dir>          (none with --mqtt-insecure)
+    FEDMOE_MQTT_CA_FILE=<dir>/ca.crt      (only with --mqtt-tls: the URL is then mqtts://)
 
 on stdout once both are ready (so `eval "$(...)"`-style wrappers and tests can read them), and
-runs until SIGINT/SIGTERM/SIGHUP, then stops both brokers. The brokers also get SIGTERM when
+runs until SIGINT/SIGTERM/SIGHUP, then stops both brokers. Mosquitto authenticates every
+client against the registry (empty at first: provision accounts with `fedmoe devices add
+--registry <dir>`, which reloads this broker); `--mqtt-insecure` turns that off for
+debugging and says so loudly. The brokers also get SIGTERM when
 this process dies some other way (Linux parent-death signal), so none is left behind.
 
 `smoke` starts the brokers, produces and consumes one Kafka record and one QoS1 MQTT message,
@@ -34,7 +39,8 @@ from aiokafka.errors import KafkaError
 
 from brokers.admin import create_topics
 from brokers.errors import BrokerError
-from brokers.local import LocalBrokers
+from brokers.local import INSECURE_WARNING, LocalBrokers
+from brokers.mqtt import mqtt_client
 from brokers.settings import BrokerSettings, LocalBrokerSettings
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.settings import add_arguments, from_args
@@ -114,6 +120,10 @@ async def _serve(settings: LocalBrokerSettings, stop: asyncio.Event) -> int:
             try:
                 print(f"FEDMOE_KAFKA_BOOTSTRAP={brokers.kafka_bootstrap}", flush=True)
                 print(f"FEDMOE_MQTT_URL={brokers.mqtt_url}", flush=True)
+                if brokers.registry is not None:
+                    print(f"FEDMOE_DEVICE_REGISTRY={brokers.registry.path}", flush=True)
+                if brokers.tls is not None:
+                    print(f"FEDMOE_MQTT_CA_FILE={brokers.tls.ca_file}", flush=True)
             except BrokenPipeError:
                 log.warning("stdout is closed; the brokers keep running")
             print(
@@ -122,6 +132,8 @@ async def _serve(settings: LocalBrokerSettings, stop: asyncio.Event) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if brokers.registry is None:
+                print(INSECURE_WARNING, file=sys.stderr, flush=True)
             stopped = asyncio.ensure_future(stop.wait())
             watch = {
                 asyncio.ensure_future(brokers.tansu.wait_exited()): "tansu",
@@ -178,15 +190,28 @@ async def kafka_roundtrip(settings: BrokerSettings, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-async def mqtt_roundtrip(settings: BrokerSettings, timeout_s: float) -> float:
-    """Subscribe, publish one QoS1 message to ourselves, receive it; seconds."""
-    host, port = settings.mqtt_host_port()
+async def mqtt_roundtrip(
+    settings: BrokerSettings,
+    timeout_s: float,
+    device: str | None = None,
+    password: str | None = None,
+) -> float:
+    """Subscribe, publish one QoS1 message to ourselves (as `device`, with `password` when
+    given), receive it; seconds."""
     table = settings.topic_table()
-    topic = table.mqtt(MqttTopic.TELEMETRY, device=f"smoke-{uuid.uuid4().hex[:8]}")
+    device = device or f"smoke-{uuid.uuid4().hex[:8]}"
+    topic = table.mqtt(MqttTopic.TELEMETRY, device=device)
     payload = uuid.uuid4().bytes
     started = time.monotonic()
     async with asyncio.timeout(timeout_s):
-        async with aiomqtt.Client(host, port, timeout=timeout_s) as client:
+        client = mqtt_client(
+            settings,
+            client_id=device,
+            persistent=False,
+            username=device if password else None,
+            password=password,
+        )
+        async with client:
             await client.subscribe(topic, qos=1)
             await client.publish(topic, payload, qos=1)
             async for message in client.messages:
@@ -210,8 +235,16 @@ async def smoke(settings: LocalBrokerSettings, timeout_s: float = 60.0) -> int:
                 result["kafka_roundtrip_s"] = round(
                     await kafka_roundtrip(broker_settings, timeout_s / 3), 4
                 )
+                device, password = None, None
+                if brokers.registry is not None:
+                    # A device account of its own, as any client must have with auth on.
+                    device = f"smoke-{uuid.uuid4().hex[:8]}"
+                    password = brokers.registry.add([device])[device]
+                    assert brokers.mosquitto is not None
+                    await brokers.mosquitto.reload()
+                result["mqtt_auth"] = brokers.registry is not None
                 result["mqtt_roundtrip_s"] = round(
-                    await mqtt_roundtrip(broker_settings, timeout_s / 3), 4
+                    await mqtt_roundtrip(broker_settings, timeout_s / 3, device, password), 4
                 )
                 stopping = time.monotonic()
             result["stop_s"] = round(time.monotonic() - stopping, 4)

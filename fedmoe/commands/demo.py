@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from brokers._process import free_port
-from brokers.local import LocalBrokers
+from brokers.local import INSECURE_WARNING, LocalBrokers
 from brokers.settings import LocalBrokerSettings
 from clients.settings import FleetSettings
+from fedmoe.demo.accounts import provision_demo
 from fedmoe.demo.observer import observer_runtime
 from fedmoe.demo.processes import ProcessGroup, child_env, fedmoe_argv
 from fedmoe.demo.progress import RunProgress
@@ -64,6 +65,14 @@ class DemoSettings:
         "FEDMOE_DEMO_FLEET_PROCESSES", 1, "fleet processes the devices are sharded over"
     )
     timeout_s: float = setting("FEDMOE_DEMO_TIMEOUT_S", 900.0, "give up after this long")
+    insecure: bool = setting(
+        "FEDMOE_DEMO_INSECURE",
+        False,
+        "DEBUGGING ONLY: MQTT without authentication or ACLs (anonymous clients do anything)",
+    )
+    tls: bool = setting(
+        "FEDMOE_DEMO_TLS", False, "MQTT over TLS (mqtts://) with a CA made for the run"
+    )
     record: str = setting(
         "FEDMOE_DEMO_RECORD",
         "",
@@ -97,18 +106,24 @@ def service_env(demo: DemoSettings, out: Path) -> dict[str, str]:
 
 
 async def _start_all(
-    group: ProcessGroup, demo: DemoSettings, env: Mapping[str, str], out: Path
+    group: ProcessGroup,
+    demo: DemoSettings,
+    env: Mapping[str, str],
+    out: Path,
+    accounts: Mapping[str, Mapping[str, str]],
 ) -> dict[str, int]:
-    """Start every process; each service's metrics port (its own, free)."""
+    """Start every process, each MQTT speaker with its own account (`accounts`: process name
+    → its credentials' environment); each service's metrics port (its own, free)."""
     ports: dict[str, int] = {}
 
     def own_port(name: str) -> dict[str, str]:
         ports[name] = free_port()
-        return {**env, "FEDMOE_METRICS_PORT": str(ports[name])}
+        return {**env, **accounts.get(name, {}), "FEDMOE_METRICS_PORT": str(ports[name])}
 
     if demo.record:
         # First, so it hears the fleet's first announcements; Kafka `rounds` from the start.
-        await group.start("recorder", record_argv(Path(demo.record)), env)
+        recorder_env = {**env, **accounts.get("recorder", {})}
+        await group.start("recorder", record_argv(Path(demo.record)), recorder_env)
     for name in SERVICES:
         await group.start(name, fedmoe_argv("service", name), own_port(name))
     for i in range(1, demo.aggregators + 1):
@@ -123,7 +138,7 @@ async def _start_all(
     await group.start(
         "fleet",
         fedmoe_argv("fleet", "--stats-file", stats, "--fleet-processes", str(demo.fleet_processes)),
-        env,
+        {**env, **accounts.get("fleet", {})},
     )
     return ports
 
@@ -175,19 +190,39 @@ async def run_demo(
     fleet_drain_s = load_settings(FleetSettings, environ).drain_s
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    brokers_settings = LocalBrokerSettings(run_dir=str(out / "brokers"), namespace=namespace)
+    # A fresh MQTT root too: Mosquitto keeps retained rounds and models across runs. The
+    # registry (RUN_DIR/registry) and the TLS files are made for this run.
+    brokers_settings = LocalBrokerSettings(
+        run_dir=str(out / "brokers"),
+        namespace=namespace,
+        mqtt_root=namespace,
+        mqtt_insecure=demo.insecure,
+        mqtt_tls=demo.tls,
+    )
+    security = "INSECURE: anonymous MQTT" if demo.insecure else "per-device MQTT accounts"
     print(
         f"fedmoe demo: {demo.rounds} rounds, {scenario.devices} devices, "
-        f"strategy {demo.strategy}, seed {scenario.seed}; logs in {out / 'logs'}",
+        f"strategy {demo.strategy}, seed {scenario.seed}; {security}"
+        f"{', TLS' if demo.tls else ''}; logs in {out / 'logs'}",
         flush=True,
     )
+    if demo.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
     async with LocalBrokers(brokers_settings) as brokers:
-        # A fresh MQTT root too: Mosquitto keeps retained rounds and models across runs.
         broker = brokers.broker_settings(namespace, mqtt_root=namespace)
+        accounts: dict[str, Mapping[str, str]] = {}
+        if brokers.registry is not None and brokers.mosquitto is not None:
+            accounts = provision_demo(
+                brokers.registry,
+                out / "secrets",
+                devices=scenario.devices,
+                record=bool(demo.record),
+            )
+            await brokers.mosquitto.reload()
         env = child_env(environ, to_env(broker), to_env(scenario), service_env(demo, out))
         runtime, progress, changed = observer_runtime(broker)
         async with ProcessGroup(out / "logs") as group, runtime:
-            ports = await _start_all(group, demo, env, out)
+            ports = await _start_all(group, demo, env, out, accounts)
             pids = group.pids
             finished = await _watch(group, progress, changed, demo.rounds, started + demo.timeout_s)
             # The fleet first: it finishes uploads under way (its drain) and writes its

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -26,6 +27,7 @@ from brokers.local import LocalBrokers
 from brokers.settings import LocalBrokerSettings
 from clients.control import shard_ranges
 from clients.settings import FleetSettings
+from fedmoe.demo.accounts import provision_demo
 from fedmoe.demo.processes import ProcessGroup, child_env, fedmoe_argv
 from fedmoe.errors import SettingsError
 from fedmoe.scenario import ScenarioSettings
@@ -163,6 +165,7 @@ class Soak:
         self.fleets: list[str] = []
         self.timeline = Timeline()
         self._fleet_env: dict[str, str] = {}
+        self._accounts: Mapping[str, Mapping[str, str]] = {}  # process → its MQTT account
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -182,7 +185,7 @@ class Soak:
         for name, service in names:
             port = free_port()
             self.ports[name] = port
-            penv = {**env, "FEDMOE_METRICS_PORT": str(port)}
+            penv = {**env, **self._accounts.get(service, {}), "FEDMOE_METRICS_PORT": str(port)}
             if service == "aggregator":
                 penv["FEDMOE_AGGREGATOR_INSTANCE_ID"] = name
             await sup.start(ProcessSpec(name, service, fedmoe_argv("service", service), penv))
@@ -228,13 +231,34 @@ class Soak:
             env = child_env(
                 self.environ, to_env(broker), to_env(scenario), service_env(soak, self.out)
             )
-            self._fleet_env = dict(env)
+            # Every MQTT speaker its own account, as in the demo (docs/security.md).
+            accounts: dict[str, Mapping[str, str]] = {}
+            if brokers.registry is not None and brokers.mosquitto is not None:
+                accounts = provision_demo(
+                    brokers.registry,
+                    self.out / "secrets",
+                    devices=scenario.devices,
+                    record=False,
+                    monitor=True,
+                )
+                await brokers.mosquitto.reload()
+            self._accounts = accounts
+            self._fleet_env = {**env, **accounts.get("fleet", {})}
             t0 = time.time()
             emit = self.invariants.feed
             bus = BusWatch(emit, t0)
             journals = JournalTail(emit, t0)
             scraper = Scraper(emit, t0)
-            sys_watch = SysWatch(broker, emit, t0)
+            monitor = accounts.get("monitor", {})
+            sys_watch = SysWatch(
+                dataclasses.replace(
+                    broker,
+                    mqtt_username=monitor.get("FEDMOE_MQTT_USERNAME", ""),
+                    mqtt_password_file=monitor.get("FEDMOE_MQTT_PASSWORD_FILE", ""),
+                ),
+                emit,
+                t0,
+            )
             observer = ServiceRuntime(
                 broker,
                 name="soak-observer",

@@ -36,7 +36,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _local_settings(run_dir: Path) -> LocalBrokerSettings:
     # Only the binaries come from the environment: ports stay free ones picked per session.
+    # The shared broker takes anonymous clients: these tests exercise the services, and each
+    # names its own MQTT root. Auth and ACLs are tested against brokers of their own
+    # (test_security.py), the demo runs with them on (tests/e2e).
     return LocalBrokerSettings(
+        mqtt_insecure=True,
         run_dir=str(run_dir),
         start_timeout_s=60.0,
         mosquitto_bin=os.environ.get("FEDMOE_MOSQUITTO_BIN", ""),

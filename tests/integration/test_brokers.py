@@ -61,8 +61,16 @@ async def _kafka_roundtrip(bootstrap: str, topic: str) -> None:
     assert (record.key, record.value) == (b"k", value)
 
 
-async def _mqtt_roundtrip(host: str, port: int, topic: str, payload: bytes) -> None:
-    async with asyncio.timeout(TIMEOUT_S), aiomqtt.Client(host, port, timeout=TIMEOUT_S) as c:
+async def _mqtt_roundtrip(
+    host: str,
+    port: int,
+    topic: str,
+    payload: bytes,
+    username: str | None = None,
+    password: str | None = None,
+) -> None:
+    client = aiomqtt.Client(host, port, timeout=TIMEOUT_S, username=username, password=password)
+    async with asyncio.timeout(TIMEOUT_S), client as c:
         await c.subscribe(topic, qos=1)
         await c.publish(topic, payload, qos=1)
         async for message in c.messages:
@@ -126,7 +134,7 @@ async def _start_brokers_up(
     lines: dict[str, str] = {}
     try:
         async with asyncio.timeout(60):
-            while len(lines) < 2:
+            while len(lines) < 3:
                 raw = await proc.stdout.readline()
                 if not raw:
                     raise AssertionError(f"brokers up exited: {stderr_path.read_text()}")
@@ -258,7 +266,7 @@ async def _publish_until_disconnected(
 
 
 async def test_brokers_up_subprocess(
-    brokers_up: tuple[asyncio.subprocess.Process, dict[str, str], Path],
+    brokers_up: tuple[asyncio.subprocess.Process, dict[str, str], Path], tmp_path: Path
 ) -> None:
     proc, lines, stderr_path = brokers_up
     assert re.fullmatch(r"127\.0\.0\.1:\d{2,5}", lines["FEDMOE_KAFKA_BOOTSTRAP"])
@@ -275,8 +283,23 @@ async def test_brokers_up_subprocess(
     await _kafka_roundtrip(settings.kafka_bootstrap, settings.topic_table().name(Topic.ACKS))
     # The namespace created at start (default "fedmoe") is there too.
     await _kafka_roundtrip(settings.kafka_bootstrap, TopicTable().name(Topic.TELEMETRY))
+    # Auth is on by default: anonymous clients are refused; a device provisioned in the
+    # printed registry gets in once `fedmoe devices` reloaded the broker (its pid file).
     host, port = settings.mqtt_host_port()
-    await _mqtt_roundtrip(host, port, "fleet/dev-1/telemetry", b"up")
+    with pytest.raises(aiomqtt.MqttError):
+        await _mqtt_roundtrip(host, port, "fleet/dev-1/telemetry", b"anonymous")
+    registry = lines["FEDMOE_DEVICE_REGISTRY"]
+    secrets = tmp_path / "secrets.json"
+    add = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fedmoe", "devices", "add", "dev-1", "--registry", registry,
+        "--secrets-file", str(secrets), cwd=REPO, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(TIMEOUT_S):
+        _, err = await add.communicate()
+    assert add.returncode == 0
+    assert b"reloaded" in err, err
+    secret = json.loads(secrets.read_text())["dev-1"]
+    await _mqtt_roundtrip(host, port, "fleet/dev-1/telemetry", b"up", "dev-1", secret)
 
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(TIMEOUT_S):

@@ -10,7 +10,13 @@ import pytest
 
 from brokers.errors import BrokerError, BrokerLaunchError, BrokerTimeout, BrokerUnavailable
 from brokers.kafka import ConsumedRecord, in_production_order
-from brokers.mosquitto import config_template, find_mosquitto, render_config
+from brokers.mosquitto import (
+    config_template,
+    find_mosquitto,
+    render_config,
+    security_block,
+    tls_block,
+)
 from brokers.settings import (
     BrokerSettings,
     LocalBrokerSettings,
@@ -18,6 +24,7 @@ from brokers.settings import (
     parse_mqtt_url,
 )
 from brokers.tansu import find_tansu
+from brokers.tls import TlsFiles
 from fedmoe.commands import brokers as brokers_command
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.settings import add_arguments, env_names, from_args, load_settings
@@ -64,7 +71,7 @@ def test_env_is_read() -> None:
     assert s.request_timeout_s == 2.5
     table = s.topic_table()
     assert (table.namespace, table.mqtt_root) == ("ns-1", "devices")
-    assert env_names(BrokerSettings) == set(env) | {"FEDMOE_KAFKA_IDEMPOTENT"}
+    assert env_names(BrokerSettings) >= set(env) | {"FEDMOE_KAFKA_IDEMPOTENT"}
 
 
 @pytest.mark.parametrize(
@@ -74,6 +81,8 @@ def test_env_is_read() -> None:
         ("mqtt://localhost", ("localhost", 1883)),
         ("tcp://h:1", ("h", 1)),
         ("mqtt://h:2/", ("h", 2)),
+        ("mqtts://h", ("h", 8883)),
+        ("mqtts://h:8884", ("h", 8884)),
     ],
 )
 def test_parse_mqtt_url(url: str, expected: tuple[str, int]) -> None:
@@ -216,6 +225,8 @@ def test_template_placeholders() -> None:
         "max_packet_size",
         "max_queued_messages",
         "max_inflight_messages",
+        "security",
+        "tls",
     }
 
 
@@ -260,3 +271,123 @@ def test_a_fetch_is_handed_out_in_production_order_keeping_each_partitions_order
     assert [r.offset for r in out if r.topic == "rounds"] == [1, 2]
     assert len(out) == 3
     assert in_production_order([]) == []
+
+
+def test_render_config_with_auth_and_tls(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    conf = render_config(
+        port=8883,
+        run_dir=tmp_path,
+        user="u",
+        security=security_block(registry),
+        tls=tls_block(TlsFiles.in_dir(tmp_path / "certs")),
+        pid_file=registry / "mosquitto.pid",
+    )
+    d = _directives(conf)
+    assert d["allow_anonymous"] == ["false"]
+    assert d["password_file"] == [str(registry / "mosquitto.passwd")]
+    assert d["acl_file"] == [str(registry / "mosquitto.acl")]
+    assert d["pid_file"] == [str(registry / "mosquitto.pid")]
+    assert d["cafile"] == [str(tmp_path / "certs" / "ca.crt")]
+    assert d["certfile"] == [str(tmp_path / "certs" / "broker.crt")]
+    assert d["keyfile"] == [str(tmp_path / "certs" / "broker.key")]
+    # The TLS options belong to the one listener: they come right after it.
+    lines = [line for line in conf.splitlines() if line and not line.startswith("#")]
+    at = lines.index("listener 8883 127.0.0.1")
+    assert lines[at + 1].startswith("cafile ")
+    insecure = _directives(render_config(port=1, run_dir=tmp_path, user="u"))
+    assert "password_file" not in insecure
+    assert "acl_file" not in insecure
+    assert "INSECURE" in security_block(None)
+
+
+def test_mqtt_credentials_from_file_or_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    s = load_settings(
+        BrokerSettings,
+        {"FEDMOE_MQTT_USERNAME": "gateway-1", "FEDMOE_MQTT_PASSWORD_FILE": str(secret)},
+    )
+    assert s.mqtt_credentials() == ("gateway-1", "hunter2")
+    s = load_settings(
+        BrokerSettings, {"FEDMOE_MQTT_USERNAME": "gw", "FEDMOE_MQTT_PASSWORD": "from-env"}
+    )
+    assert s.mqtt_credentials() == ("gw", "from-env")
+    assert "from-env" not in repr(s)  # never in a log line that prints the settings
+    assert load_settings(BrokerSettings, {}).mqtt_credentials() == (None, None)
+    assert not load_settings(BrokerSettings, {}).mqtt_tls()
+    assert load_settings(BrokerSettings, {"FEDMOE_MQTT_URL": "mqtts://h"}).mqtt_tls()
+    with pytest.raises(SettingsError, match="USERNAME"):
+        load_settings(BrokerSettings, {"FEDMOE_MQTT_PASSWORD": "x"})
+    missing = load_settings(
+        BrokerSettings,
+        {"FEDMOE_MQTT_USERNAME": "gw", "FEDMOE_MQTT_PASSWORD_FILE": str(tmp_path / "nope")},
+    )
+    with pytest.raises(SettingsError, match="FEDMOE_MQTT_PASSWORD_FILE"):
+        missing.mqtt_credentials()
+
+
+def test_secrets_are_never_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, BrokerSettings)
+    text = parser.format_help()
+    assert "--mqtt-password-file" in text
+    assert "--kafka-password-file" in text
+    assert "--mqtt-password " not in text
+    assert "--kafka-password " not in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mqtt-password", "x"])
+
+
+def test_kafka_security_maps_to_aiokafka_arguments(tmp_path: Path) -> None:
+    from brokers.tls import create_certificates
+
+    assert load_settings(BrokerSettings, {}).kafka_security() == {}
+    files = create_certificates(tmp_path / "tls", ["kafka"])
+    password = tmp_path / "kafka.pw"
+    password.write_text("scram-pw\n")
+    s = load_settings(
+        BrokerSettings,
+        {
+            "FEDMOE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "FEDMOE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "FEDMOE_KAFKA_USERNAME": "fedmoe",
+            "FEDMOE_KAFKA_PASSWORD_FILE": str(password),
+            "FEDMOE_KAFKA_CA_FILE": str(files.ca_file),
+        },
+    )
+    kwargs = s.kafka_security()
+    context = kwargs.pop("ssl_context")
+    assert kwargs == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "fedmoe",
+        "sasl_plain_password": "scram-pw",
+    }
+    assert context.check_hostname
+    assert len(context.get_ca_certs()) == 1
+    plain = load_settings(
+        BrokerSettings,
+        {
+            "FEDMOE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "FEDMOE_KAFKA_SASL_MECHANISM": "PLAIN",
+            "FEDMOE_KAFKA_USERNAME": "u",
+            "FEDMOE_KAFKA_PASSWORD": "p",
+        },
+    ).kafka_security()
+    assert plain == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
+    assert set(
+        load_settings(BrokerSettings, {"FEDMOE_KAFKA_SECURITY_PROTOCOL": "SSL"}).kafka_security()
+    ) == {"security_protocol", "ssl_context"}
+    for env, match in (
+        ({"FEDMOE_KAFKA_SECURITY_PROTOCOL": "TLS"}, "SECURITY_PROTOCOL"),
+        ({"FEDMOE_KAFKA_SASL_MECHANISM": "GSSAPI"}, "SASL_MECHANISM"),
+        ({"FEDMOE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "USERNAME"),
+    ):
+        with pytest.raises(SettingsError, match=match):
+            load_settings(BrokerSettings, env)

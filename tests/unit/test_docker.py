@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from brokers.mosquitto import render_config
+from brokers.mosquitto import render_config, security_block, tls_block
+from brokers.tls import TlsFiles
 from fedmoe import cli
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
@@ -64,13 +65,25 @@ def test_command_and_env_names_are_real(name: str) -> None:
     assert given <= read, f"{name}: {sorted(given - read)} are not read by fedmoe {argv}"
 
 
+def docker_mosquitto_conf() -> str:
+    """The template rendered for compose: TLS only on 8883, the registry's password and ACL
+    files (the `secrets` volume, written by the one-shot provisioning containers)."""
+    secrets = Path("/mosquitto/secrets")
+    return render_config(
+        port=8883,
+        run_dir=Path("/mosquitto"),
+        user="mosquitto",
+        bind_address="0.0.0.0",
+        security=security_block(secrets / "registry"),
+        tls=tls_block(TlsFiles.in_dir(secrets / "tls")),
+    )
+
+
 def test_mosquitto_conf_is_the_rendered_template() -> None:
     text = (DOCKER / "mosquitto.conf").read_text()
     body = "".join(text.splitlines(keepends=True)[2:])  # the two GENERATED header lines
-    expected = render_config(
-        port=1883, run_dir=Path("/mosquitto"), user="mosquitto", bind_address="0.0.0.0"
-    )
-    assert body == expected, "regenerate docker/mosquitto.conf (see its header)"
+    assert body == docker_mosquitto_conf(), "regenerate docker/mosquitto.conf (see its header)"
+    assert "allow_anonymous false" in body
 
 
 def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
