@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +49,15 @@ def _topic_configs(spec: KafkaTopicSpec) -> dict[str, str]:
     return dict(COMPACT) if spec.compacted else {}
 
 
-async def _admin(bootstrap: str, timeout_s: float) -> AIOKafkaAdminClient:
+async def _admin(
+    bootstrap: str, timeout_s: float, security: Mapping[str, Any] | None = None
+) -> AIOKafkaAdminClient:
     """A started admin client; closed again when the start fails."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=max(1, int(timeout_s * 1000)),
         client_id="fedmoe-admin",
+        **(security or {}),
     )
     try:
         async with asyncio.timeout(timeout_s):
@@ -148,13 +152,19 @@ async def _wait_metadata(
         await asyncio.sleep(_RETRY_S)
 
 
-async def create_topics(bootstrap: str, table: TopicTable, timeout_s: float) -> TopicsReport:
-    """Create every Kafka topic of `table` (idempotent: existing topics are fine)."""
+async def create_topics(
+    bootstrap: str,
+    table: TopicTable,
+    timeout_s: float,
+    security: Mapping[str, Any] | None = None,
+) -> TopicsReport:
+    """Create every Kafka topic of `table` (idempotent: existing topics are fine); `security`
+    is `BrokerSettings.kafka_security()` against a cluster with SSL / SASL."""
     deadline = time.monotonic() + timeout_s
     report = TopicsReport()
     specs = dict(table.kafka_specs())
     try:
-        admin = await _admin(bootstrap, timeout_s)
+        admin = await _admin(bootstrap, timeout_s, security)
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerTimeout(f"cannot reach Kafka at {bootstrap}: {exc!r}") from exc
     try:

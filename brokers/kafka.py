@@ -195,6 +195,7 @@ class KafkaProducer:
             request_timeout_ms=timeout_ms,
             linger_ms=self._linger_ms,
             max_request_size=MAX_RECORD_BYTES,
+            **self._settings.kafka_security(),  # SSL / SASL: docs/security.md
         )
         try:
             async with kafka_errors("start producer", 2 * self._timeout):
@@ -300,6 +301,7 @@ class KafkaConsumer:
             max_poll_interval_ms=self._max_poll_interval_ms,
             max_partition_fetch_bytes=MAX_RECORD_BYTES,
             fetch_max_bytes=4 * MAX_RECORD_BYTES,
+            **self._settings.kafka_security(),
         )
         try:
             async with kafka_errors("start consumer", 2 * self._timeout):

@@ -78,6 +78,7 @@ async def replay_topics(
         request_timeout_ms=int(broker.request_timeout_s * 1000),
         max_partition_fetch_bytes=MAX_RECORD_BYTES,
         fetch_max_bytes=4 * MAX_RECORD_BYTES,
+        **broker.kafka_security(),
     )
     records: list[ReplayedRecord] = []
     skipped = 0

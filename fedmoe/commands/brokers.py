@@ -95,8 +95,13 @@ def main(argv: list[str]) -> int:
 async def topics(settings: BrokerSettings, timeout_s: float) -> int:
     """Create the namespace's topics on the cluster at `settings.kafka_bootstrap` (idempotent)."""
     try:
-        report = await create_topics(settings.kafka_bootstrap, settings.topic_table(), timeout_s)
-    except BrokerError as exc:
+        report = await create_topics(
+            settings.kafka_bootstrap,
+            settings.topic_table(),
+            timeout_s,
+            security=settings.kafka_security(),
+        )
+    except (BrokerError, SettingsError) as exc:
         print(f"fedmoe brokers topics: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(dataclasses.asdict(report), sort_keys=True, default=str), flush=True)
@@ -164,12 +169,14 @@ async def kafka_roundtrip(settings: BrokerSettings, timeout_s: float) -> float:
         acks=settings.producer_acks(),
         enable_idempotence=settings.kafka_idempotent,
         request_timeout_ms=int(settings.request_timeout_s * 1000),
+        **settings.kafka_security(),
     )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         request_timeout_ms=int(settings.request_timeout_s * 1000),
+        **settings.kafka_security(),
     )
     async with asyncio.timeout(timeout_s):
         await producer.start()
