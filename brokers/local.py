@@ -85,8 +85,6 @@ class LocalBrokers:
         }
         if self.tls is not None:
             env["FEDMOE_MQTT_CA_FILE"] = str(self.tls.ca_file)
-        if self.registry is not None:
-            env["FEDMOE_DEVICE_REGISTRY"] = str(self.registry.path)
         return env
 
     def broker_settings(self, namespace: str | None = None, **overrides: Any) -> BrokerSettings:
