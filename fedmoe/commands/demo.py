@@ -243,6 +243,12 @@ async def run_demo(
         "services": pids,
         "metrics_ports": ports,  # each service's /metrics, /healthz, /readyz while it ran
         "wall_seconds": round(time.monotonic() - started, 1),
+        # How MQTT ran: per-account auth and ACLs (off only with --insecure), TLS.
+        "mqtt_security": {
+            "auth": not demo.insecure,
+            "tls": demo.tls,
+            "accounts": sorted(accounts),
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot_accuracy(summary["accuracy_per_round"], out / "accuracy.png", demo.strategy)
