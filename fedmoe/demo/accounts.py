@@ -8,6 +8,7 @@
 
 Secrets travel in files (0600) named by environment variables, never in argv, never in a log;
 the registry itself keeps only their hashes. Processes that speak only Kafka get no account.
+Accounts already registered (a registry given by FEDMOE_DEVICE_REGISTRY) get new secrets.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ def provision_demo(
     secrets_dir.mkdir(parents=True, exist_ok=True)
     secrets_dir.chmod(0o700)
     envs: dict[str, Mapping[str, str]] = {}
-    gateway = registry.add([GATEWAY], role="gateway")
+    gateway = registry.add([GATEWAY], role="gateway", rotate=True)
     envs["gateway"] = _account_env(GATEWAY, gateway[GATEWAY], secrets_dir)
     if record:
-        recorder = registry.add([RECORDER], role="observer")
+        recorder = registry.add([RECORDER], role="observer", rotate=True)
         envs["recorder"] = _account_env(RECORDER, recorder[RECORDER], secrets_dir)
     if monitor:
-        watcher = registry.add([MONITOR], role="observer")
+        watcher = registry.add([MONITOR], role="observer", rotate=True)
         envs["monitor"] = _account_env(MONITOR, watcher[MONITOR], secrets_dir)
-    fleet = registry.add([device_id(i) for i in range(devices)])
+    fleet = registry.add([device_id(i) for i in range(devices)], rotate=True)
     fleet_file = secrets_dir / "fleet.json"
     write_secrets_file(fleet_file, fleet)
     envs["fleet"] = {"FEDMOE_FLEET_SECRETS_FILE": str(fleet_file)}

@@ -218,6 +218,7 @@ class Soak:
             self.environ,
             run_dir=str(self.out / "brokers"),
             namespace=namespace,
+            mqtt_root=namespace,  # the registry's ACL is written for the run's MQTT root
         )
         print(
             f"fedmoe soak: plan {soak.plan}, {scenario.devices} devices "
