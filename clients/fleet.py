@@ -27,6 +27,7 @@ from brokers.settings import BrokerSettings
 from clients.device import DeviceAgent
 from clients.settings import FleetSettings
 from clients.stats import totals
+from clients.traced import TracedWorld, load_trace
 from clients.world import FleetWorld
 from fedmoe.scenario import ScenarioSettings
 from fedmoe.signals import stop_on_signals
@@ -51,7 +52,19 @@ class Fleet:
         self.scenario = (
             scenario if scenario is not None else build_scenario(scenario_settings.config())
         )
-        self.world = FleetWorld(self.scenario, time_scale=scenario_settings.time_scale)
+        self.world = (
+            TracedWorld(
+                self.scenario,
+                load_trace(
+                    settings.from_recording,
+                    self.scenario.config.num_devices,
+                    round_s=settings.trace_round_s,
+                ),
+                time_scale=scenario_settings.time_scale,
+            )
+            if settings.from_recording
+            else FleetWorld(self.scenario, time_scale=scenario_settings.time_scale)
+        )
         self.indices = settings.device_range(self.scenario.config.num_devices)
         secrets = device_secrets(settings, self.indices)
         self.agents = [

@@ -75,6 +75,15 @@ class FleetSettings:
         "how long the broker keeps a device's session (and its queued messages) while away",
     )
     keepalive_s: int = setting("FEDMOE_FLEET_KEEPALIVE_S", 30, "MQTT keepalive, seconds")
+    from_recording: str = setting(
+        "FEDMOE_FLEET_FROM_RECORDING",
+        "",
+        "devices' availability, capabilities and timing from this recording (.parquet) or "
+        "FedScale trace (.json) instead of the generator (empty = the generator)",
+    )
+    trace_round_s: float = setting(
+        "FEDMOE_FLEET_TRACE_ROUND_S", 600.0, "FedScale trace: trace seconds per round"
+    )
     secrets_file: str = setting(
         "FEDMOE_FLEET_SECRETS_FILE",
         "",
@@ -105,6 +114,8 @@ class FleetSettings:
             raise SettingsError(
                 f"FEDMOE_FLEET_CLIENT_PREFIX: {self.client_prefix!r} makes invalid client ids"
             )
+        if not self.trace_round_s > 0:
+            raise SettingsError("FEDMOE_FLEET_TRACE_ROUND_S must be > 0")
         if self.session_expiry_s < 1 or self.keepalive_s < 1:
             raise SettingsError("FEDMOE_FLEET_SESSION_EXPIRY_S and _KEEPALIVE_S must be >= 1")
 

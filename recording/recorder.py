@@ -55,12 +55,17 @@ def kafka_names(table: TopicTable, topics: tuple[str, ...]) -> list[str]:
     return [table.name(Topic(t)) if t in logical else t for t in topics]
 
 
-class _NoRebalance:
+class _Assigned:
+    """Rebalance listener that only notes the first assignment (a tap commits nothing)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
     async def on_revoked(self, partitions: set[Partition]) -> None:
         return None
 
     async def on_assigned(self, partitions: set[Partition]) -> None:
-        return None
+        self.event.set()
 
 
 class Recorder:
@@ -82,6 +87,7 @@ class Recorder:
         self.bytes = 0
         self.by_source = {MQTT: 0, KAFKA: 0}
         self._progress = progress
+        self.appended = asyncio.Event()  # set at every record (tests and progress wait on it)
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         self._started = time.monotonic()
@@ -89,6 +95,12 @@ class Recorder:
     def stop(self) -> None:
         """Stop recording (safe to call more than once, from a signal handler's callback)."""
         self._stop.set()
+
+    async def wait_records(self, n: int) -> None:
+        """Wait until at least `n` records were appended (the caller bounds the wait)."""
+        while self.records < n:
+            self.appended.clear()
+            await self.appended.wait()
 
     async def ready(self) -> None:
         """Wait until every tap subscribed."""
@@ -99,6 +111,7 @@ class Recorder:
         self.records += 1
         self.bytes += len(record.payload)
         self.by_source[record.source] += 1
+        self.appended.set()
 
     async def run(self) -> dict[str, Any]:
         """Record until `stop()` or the duration; returns the totals."""
@@ -200,18 +213,21 @@ class Recorder:
                     await client.__aexit__(None, None, None)
 
     async def _kafka(self, topics: tuple[str, ...], ready: asyncio.Event) -> None:
+        listener = _Assigned()
         consumer = KafkaConsumer(
             self.broker,
             topics=kafka_names(self.table, topics),
             group_id=f"{self.settings.client_id}-{uuid.uuid4().hex}",
             client_id=self.settings.client_id,
-            listener=_NoRebalance(),
+            listener=listener,
             auto_offset_reset="earliest" if self.settings.kafka_from_beginning else "latest",
         )
         async with consumer:
-            ready.set()
             while True:
-                for r in await consumer.getmany(timeout_s=0.5, max_records=2000):
+                batch = await consumer.getmany(timeout_s=0.5, max_records=2000)
+                if listener.event.is_set():
+                    ready.set()  # from "latest", only what is produced after the assignment
+                for r in batch:
                     self._append(
                         Record.observed(
                             time.time_ns(),

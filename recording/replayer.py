@@ -292,7 +292,13 @@ class Replayer:
     async def _follow(self, outbox: Outbox, client: aiomqtt.Client | None) -> dict[str, Any]:
         if client is None:
             raise RuntimeError("follow-rounds needs MQTT")
-        rounds = recorded_rounds(self.records)
+        # Rounds some device announced itself for; status-only rounds (the connects' round 0,
+        # goodbyes after the last one) map onto no live round.
+        rounds = [
+            rr
+            for rr in recorded_rounds(self.records)
+            if any(r.type == "telemetry" for r in rr.announcements)
+        ]
         recorded_assign = recorded_assignments(self.records)
         speed = self.settings.speed_factor() or 1.0
         follower = RoundFollower(rounds, speed=speed)

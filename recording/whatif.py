@@ -221,7 +221,12 @@ def what_if(
     part_bytes: tuple[float, float],
 ) -> dict[str, StrategyRun]:
     """Every strategy over the recording's rounds."""
-    rounds = [rr for rr in recorded_rounds(records) if rr.announcements]
+    # Rounds some device announced itself for (status-only rounds: last wills, goodbyes).
+    rounds = [
+        rr
+        for rr in recorded_rounds(records)
+        if any(r.type == "telemetry" for r in rr.announcements)
+    ]
     recorded = recorded_assignments(records)
     times = measured_times(rounds)
     return {

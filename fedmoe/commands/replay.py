@@ -22,7 +22,7 @@ from pathlib import Path
 from brokers.settings import BrokerSettings
 from fedmoe.errors import FedMoEError, SettingsError
 from fedmoe.scenario import ScenarioSettings
-from fedmoe.settings import add_arguments, from_args
+from fedmoe.settings import add_arguments, from_args, load_settings
 from moe.matching import STRATEGY_NAMES
 from moe.parts import SHARED, expert_part_id
 from moe.scenario import build_scenario
@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--from", dest="from_s", default=None, help="alias of --from-s")
     parser.add_argument("--to", dest="to_s", default=None, help="alias of --to-s")
-    for cls in (ReplaySettings, BrokerSettings, ScenarioSettings):
+    # No scenario flags: `--devices` is the replay's filter here. The what-if takes the
+    # scenario the recording names (FEDMOE_SCENARIO_* fill in what it does not).
+    for cls in (ReplaySettings, BrokerSettings):
         add_arguments(parser, cls)
     return parser
 
@@ -62,7 +64,7 @@ def offline(args: argparse.Namespace) -> int:
     recording = open_recording(args.file)
     recorded = recording.info.get("scenario", {})
     environ = {**os.environ, **(recorded if isinstance(recorded, dict) else {})}
-    scenario_settings = from_args(ScenarioSettings, args, environ)
+    scenario_settings = load_settings(ScenarioSettings, environ)
     scenario = build_scenario(scenario_settings.config())
     strategies = split(args.strategies)
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
