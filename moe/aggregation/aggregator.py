@@ -65,7 +65,12 @@ from moe.aggregation.clipping import ClippedFedAvg, NormHistory
 from moe.aggregation.errors import RoundStateError, SnapshotError
 from moe.aggregation.ledger import DEFAULT_WINDOW, UpdateKey, UpdateLedger
 from moe.aggregation.registry import rule_from_plain, rule_to_plain
-from moe.aggregation.validation import VALIDATION_REASONS, check_layout, check_weight
+from moe.aggregation.validation import (
+    VALIDATION_REASONS,
+    check_layout,
+    check_tensors,
+    check_weight,
+)
 from moe.errors import InvalidArgumentError, UpdateRejected
 from moe.tensors import PartLayout, PartTensors
 
@@ -83,6 +88,7 @@ VERDICT_REASONS = VALIDATION_REASONS | {
     "too-many-updates",
     "unassigned",
     "over-weight",
+    "outlier-norm",
 }
 
 
@@ -265,6 +271,12 @@ class PartAggregator:
     def norm_history(self) -> tuple[float, ...]:
         """The part's recent update norms (`clipped-fedavg`; empty for other rules)."""
         return self._history.norms if self._history is not None else ()
+
+    def _outlier_limit(self) -> float | None:
+        rule = self._rule
+        if not isinstance(rule, ClippedFedAvg) or rule.reject_above is None or self._bound is None:
+            return None
+        return rule.reject_above * self._bound
 
     @property
     def ledger(self) -> UpdateLedger:
@@ -503,15 +515,23 @@ class PartAggregator:
         if base_version != self._version:
             reason = "stale" if base_version < self._version else "unknown-version"
             return Verdict("rejected", reason, f"{where}: base {base_version} != {self._version}")
+        norm = None
         try:
             if cap is not None and check_weight(weight) > cap:
                 return Verdict("rejected", "over-weight", f"{where}: weight {weight} > {cap}")
+            if self._history is not None:
+                check_tensors(tensors, self._layout)  # before any arithmetic on them
+                # The delta's norm before clipping: the next rounds' bounds come from these.
+                norm = _distance(tensors, self._weights)
+                limit = self._outlier_limit()
+                if limit is not None and norm > limit:
+                    detail = f"{where}: delta norm {norm:.4g} > {limit:.4g}"
+                    return Verdict("rejected", "outlier-norm", detail)
             self._accumulator.add(device_id, tensors, weight)
         except UpdateRejected as exc:
             return Verdict("rejected", exc.reason, f"{where}: {exc.detail}")
-        if self._history is not None:
-            # The delta's norm before clipping: what the next rounds' bounds are derived from.
-            self._round_norms.append(_distance(tensors, self._weights))
+        if norm is not None:
+            self._round_norms.append(norm)
         self._ledger.record(key)
         return Verdict("applied", "", where)
 

@@ -42,6 +42,7 @@ from moe.tensors import PartTensors
 DEFAULT_MULTIPLIER = 2.0
 DEFAULT_WINDOW = 64
 DEFAULT_MIN_HISTORY = 3
+DEFAULT_REJECT_ABOVE = 2.0
 
 
 def clip_bound(norms: Sequence[float], multiplier: float, min_history: int) -> float | None:
@@ -137,6 +138,7 @@ class ClippedFedAvg(AggregationRule):
     multiplier: float = DEFAULT_MULTIPLIER
     window: int = DEFAULT_WINDOW
     min_history: int = DEFAULT_MIN_HISTORY
+    reject_above: float | None = DEFAULT_REJECT_ABOVE
 
     def __post_init__(self) -> None:
         m = self.multiplier
@@ -146,6 +148,13 @@ class ClippedFedAvg(AggregationRule):
             or not (math.isfinite(m) and m > 0)
         ):
             raise InvalidArgumentError(f"clipped-fedavg multiplier must be > 0, got {m!r}")
+        r = self.reject_above
+        if r is not None and (
+            isinstance(r, bool)
+            or not isinstance(r, int | float)
+            or not (math.isfinite(r) and r >= 1)
+        ):
+            raise InvalidArgumentError(f"clipped-fedavg reject_above must be >= 1, got {r!r}")
         for attr in ("window", "min_history"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -173,4 +182,5 @@ class ClippedFedAvg(AggregationRule):
             "multiplier": self.multiplier,
             "window": self.window,
             "min_history": self.min_history,
+            "reject_above": self.reject_above,
         }

@@ -161,8 +161,10 @@ def test_the_history_keeps_its_window_and_round_trips() -> None:
 
 
 @pytest.mark.parametrize(
-    "params", [{"multiplier": 0}, {"multiplier": math.inf}, {"window": 0}, {"min_history": 0}]
-)
+    "params",
+    [{"multiplier": 0}, {"multiplier": math.inf}, {"window": 0}, {"min_history": 0},
+     {"reject_above": 0.5}, {"reject_above": math.nan}],
+)  # fmt: skip
 def test_bad_clipping_parameters_are_refused(params: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgumentError):
         make_rule("clipped-fedavg", **params)
@@ -198,7 +200,8 @@ def test_the_first_rounds_are_not_clipped_then_the_bound_follows_the_history() -
 
 
 def test_a_scaled_update_is_clipped_to_the_bound() -> None:
-    agg = PartAggregator(PART, LAYOUT, base(), ClippedFedAvg(multiplier=2.0, min_history=3))
+    rule = ClippedFedAvg(multiplier=2.0, min_history=3, reject_above=None)
+    agg = PartAggregator(PART, LAYOUT, base(), rule)
     _round(agg, 1, [1.0, 1.0, 1.0])
     before = dict(agg.weights)
     agg.open_round(2)
@@ -234,7 +237,8 @@ def test_the_history_does_not_depend_on_arrival_order() -> None:
 
 
 def test_clipping_state_survives_a_restart_mid_round() -> None:
-    agg = PartAggregator(PART, LAYOUT, base(), ClippedFedAvg(multiplier=2.0, min_history=3))
+    rule = ClippedFedAvg(multiplier=2.0, min_history=3, reject_above=None)
+    agg = PartAggregator(PART, LAYOUT, base(), rule)
     _round(agg, 1, [1.0, 1.0, 1.0])
     agg.open_round(2)
     w = dict(agg.weights)
@@ -249,3 +253,33 @@ def test_clipping_state_survives_a_restart_mid_round() -> None:
     assert got.stats.clipped == want.stats.clipped == 2
     assert distance(got.tensors, want.tensors) == 0.0
     assert restored.norm_history == agg.norm_history
+
+
+def test_a_gross_outlier_is_rejected_not_clipped() -> None:
+    rule = ClippedFedAvg(multiplier=2.0, min_history=3, reject_above=2.0)
+    agg = PartAggregator(PART, LAYOUT, base(), rule)
+    _round(agg, 1, [1.0, 1.0, 1.0])
+    before = dict(agg.weights)
+    agg.open_round(2)
+    assert agg.clip_bound == pytest.approx(2.0)
+    clipped = agg.offer(2, "big", shifted(before, 3.9, seed=7), 1.0, base_version=1)
+    outlier = agg.offer(2, "huge", shifted(before, 4.1, seed=8), 1.0, base_version=1)
+    assert clipped.status == "applied"
+    assert (outlier.status, outlier.reason) == ("rejected", "outlier-norm")
+    _, tensors, stats = agg.close()
+    assert stats.clipped == 1
+    assert distance(tensors, before) == pytest.approx(2.0, rel=1e-5)  # only the clipped one
+    assert max(agg.norm_history) == pytest.approx(3.9, rel=1e-5)  # the outlier's norm is not kept
+
+
+def test_no_outlier_rejection_before_there_is_a_bound() -> None:
+    agg = PartAggregator(PART, LAYOUT, base(), ClippedFedAvg(reject_above=2.0))
+    agg.open_round(1)
+    assert agg.offer(1, "dev", shifted(agg.weights, 1e3), 1.0, base_version=0).status == ("applied")
+
+
+def test_a_malformed_update_is_refused_by_validation_before_its_norm() -> None:
+    agg = PartAggregator(PART, LAYOUT, base(), ClippedFedAvg(reject_above=2.0))
+    agg.open_round(1)
+    bad = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.float32)}
+    assert agg.offer(1, "dev", bad, 1.0, base_version=0).reason == "wrong-shape"
