@@ -1,5 +1,7 @@
 """`deployment`: embedded brokers and every service, without the fleet (what a replay drives).
 
+Tests and benchmarks only: MQTT runs anonymous (`mqtt_insecure`), see the comment below.
+
 The demo's own pieces (`fedmoe.commands.demo`: brokers on free ports, a fresh namespace and MQTT
 root, the services as child processes, the run observer); the caller brings the devices: a
 `fedmoe replay --follow-rounds` or a `fedmoe fleet` of its own.
@@ -54,7 +56,14 @@ async def deployment(
     out = _prepare(out)
     namespace = f"live-{uuid.uuid4().hex[:8]}"
     demo = DemoSettings(rounds=rounds, strategy=strategy, out=out, aggregators=aggregators)
-    local = LocalBrokerSettings(run_dir=str(out / "brokers"), namespace=namespace)
+    # Anonymous MQTT: the replay of `--follow-rounds` reads the live rounds and assignments,
+    # which the `replayer` role may not (brokers/registry.py); for tests and benchmarks only.
+    local = LocalBrokerSettings(
+        run_dir=str(out / "brokers"),
+        namespace=namespace,
+        mqtt_root=namespace,
+        mqtt_insecure=True,
+    )
     async with LocalBrokers(local) as brokers:
         broker = brokers.broker_settings(namespace, mqtt_root=namespace)
         env = child_env(environ, to_env(broker), to_env(scenario), service_env(demo, out))
