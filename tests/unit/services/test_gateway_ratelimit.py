@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
+from brokers.kafka import Producer
+from brokers.mqtt import MqttMessage, MqttSession
+from schemas import DeviceStatus, decode, encode
+from schemas.topics import Topic, TopicTable
+from services.gateway.app import Ingress
 from services.gateway.logic import InboundKind, check_retained
 from services.gateway.ratelimit import Admission, DeviceRateLimiter, RateLimit, TokenBucket
+from services.metrics import ServiceMetrics
+from services.runtime import Backoff
 
 
 class Clock:
@@ -83,3 +92,54 @@ def test_only_status_may_be_retained() -> None:
         reject = check_retained(kind, True, "d")
         assert reject is not None
         assert (reject.error, reject.device) == ("RetainedPublish", "d")
+
+
+# -- the ingress applies both, before routing ------------------------------------------------
+
+
+def _ingress(limiter: DeviceRateLimiter | None) -> Ingress:
+    return Ingress(
+        session=cast(MqttSession, None),  # `_records` never touches the session or producer
+        producer=cast(Producer, None),
+        table=TABLE,
+        metrics=ServiceMetrics("gateway"),
+        backoff=Backoff(0.1, 1.0),
+        window=8,
+        clock=lambda: 5.0,
+        limiter=limiter,
+    )
+
+
+def _message(kind: str, payload: bytes, *, retain: bool = False, mid: int = 1) -> MqttMessage:
+    topic = f"{TABLE.mqtt_root}/dev-1/{kind}"
+    return MqttMessage(topic=topic, payload=payload, qos=1, retain=retain, mid=mid, connection=0)
+
+
+TABLE = TopicTable(namespace="t", mqtt_root="fleet")
+STATUS = encode(
+    DeviceStatus(message_id="s", device_id="dev-1", round=0, timestamp=1.0, online=True)
+)
+
+
+def test_a_flood_is_dropped_with_one_dead_letter() -> None:
+    clock = Clock()
+    limiter = DeviceRateLimiter(RateLimit(rate_per_s=1.0, burst=2.0, letter_interval_s=60.0), clock)
+    ingress = _ingress(limiter)
+    outputs = [ingress._records(_message("status", STATUS, mid=i)) for i in range(50)]
+    forwarded = [o for o in outputs if o and o[0].topic == TABLE.name(Topic.TELEMETRY)]
+    letters = [o for o in outputs if o and o[0].topic == TABLE.name(Topic.DEAD_LETTER)]
+    assert len(forwarded) == 2
+    assert len(letters) == 1
+    assert decode(letters[0][0].value).error == "RateLimited"  # type: ignore[attr-defined]
+    assert sum(1 for o in outputs if o == []) == 47
+    assert ingress.notes["rate_limited"] == 48
+
+
+def test_a_retained_update_is_refused_and_a_retained_status_is_not() -> None:
+    ingress = _ingress(None)
+    (letter,) = ingress._records(_message("update", b"anything", retain=True))
+    assert letter.topic == TABLE.name(Topic.DEAD_LETTER)
+    assert decode(letter.value).error == "RetainedPublish"  # type: ignore[attr-defined]
+    (status,) = ingress._records(_message("status", STATUS, retain=True))
+    assert status.topic == TABLE.name(Topic.TELEMETRY)
+    assert ingress.notes["retained_rejected"] == 1
