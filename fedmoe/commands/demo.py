@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brokers._process import free_port
 from brokers.local import INSECURE_WARNING, LocalBrokers
 from brokers.settings import LocalBrokerSettings
 from clients.settings import FleetSettings
@@ -43,6 +42,7 @@ from services.aggregator.settings import AggregatorSettings
 from services.load_monitor.settings import LoadMonitorSettings
 from services.matcher.settings import MatcherSettings
 from services.runtime import RuntimeSettings
+from services.runtime.http import metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ async def _start_all(
     ports: dict[str, int] = {}
 
     def own_port(name: str) -> dict[str, str]:
-        ports[name] = free_port()
+        ports[name] = metrics_port()
         return {**env, **accounts.get(name, {}), "FEDMOE_METRICS_PORT": str(ports[name])}
 
     if demo.record:

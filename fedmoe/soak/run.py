@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brokers._process import free_port
 from brokers.local import LocalBrokers
 from brokers.settings import LocalBrokerSettings
 from clients.control import shard_ranges
@@ -44,6 +43,7 @@ from services.aggregator.settings import AggregatorSettings
 from services.load_monitor.settings import LoadMonitorSettings
 from services.matcher.settings import MatcherSettings
 from services.runtime import RuntimeSettings, ServiceRuntime
+from services.runtime.http import metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class Soak:
         names += [(f"aggregator-{i}", "aggregator") for i in range(1, self.soak.aggregators + 1)]
         names.append(("matcher", "matcher"))  # last: it starts the round clock
         for name, service in names:
-            port = free_port()
+            port = metrics_port()
             self.ports[name] = port
             penv = {**env, **self._accounts.get(service, {}), "FEDMOE_METRICS_PORT": str(port)}
             if service == "aggregator":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from schemas.messages import ExpertLoad, UpdateAck
 from services.handler import Outbound
@@ -110,3 +111,19 @@ def test_partition_ends_come_from_the_wrapped_client() -> None:
     assert highwaters(Wrapper(), owned) == {("t", 0): 40}
     assert highwaters(Public(), owned) == {("t", 3): 9}
     assert highwaters(object(), owned) == {}
+
+
+def test_metrics_ports_lie_below_the_ephemeral_range(tmp_path: Path) -> None:
+    import random
+    import socket
+
+    from services.runtime.http import _ephemeral_low, metrics_port
+
+    ranges = tmp_path / "range"
+    ranges.write_text("40000\t60999\n")
+    assert _ephemeral_low(str(ranges)) == 40000
+    assert _ephemeral_low(str(tmp_path / "missing")) == 32768
+    port = metrics_port(random.Random(1))
+    assert 1024 <= port < _ephemeral_low()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # free to bind
