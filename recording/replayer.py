@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -181,12 +181,16 @@ class Outbox:
 
 
 @contextlib.asynccontextmanager
-async def _connected(broker: BrokerSettings, client_id: str, mqtt: bool):  # type: ignore[no-untyped-def]
+async def _connected(
+    broker: BrokerSettings, client_id: str, mqtt: bool, window: int
+) -> AsyncIterator[aiomqtt.Client | None]:
     client = None
     if mqtt:
         client = mqtt_client(
             broker, client_id=f"{client_id}-{uuid.uuid4().hex[:6]}", persistent=False
         )
+        # A window of publishes in flight is the point here, not a symptom worth a warning.
+        client.pending_calls_threshold = window + 1
         try:
             async with asyncio.timeout(broker.request_timeout_s + 1.0):
                 await client.__aenter__()
@@ -247,7 +251,9 @@ class Replayer:
         """Replay; returns the report."""
         need_mqtt = self.settings.follow_rounds or any(r.source == MQTT for r in self.records)
         need_kafka = any(r.source == KAFKA for r in self.records)
-        async with _connected(self.broker, self.settings.client_id, need_mqtt) as client:
+        async with _connected(
+            self.broker, self.settings.client_id, need_mqtt, self.settings.window
+        ) as client:
             outbox = Outbox(self.broker, self.settings.window, self.settings.client_id, client)
             producer = (
                 KafkaProducer(self.broker, client_id=self.settings.client_id)
