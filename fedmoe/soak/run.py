@@ -193,6 +193,7 @@ class Soak:
     async def _start_fleet(self, sup: Supervisor, name: str, devices: range) -> str:
         env = {
             **self._fleet_env,
+            "FEDMOE_FLEET_PROCESSES": "1",  # the soak shards (and supervises) itself
             "FEDMOE_FLEET_FIRST": str(devices.start),
             "FEDMOE_FLEET_COUNT": str(len(devices)),
             "FEDMOE_FLEET_STATS_FILE": str(self.out / "fleet-stats" / f"{name}.json"),
