@@ -13,7 +13,9 @@ MAX_TENSORS_PER_PART = 32
 MAX_TENSOR_RANK = 4
 MAX_TENSOR_ELEMENTS = 2**24
 MAX_DEPTH = 8  # nesting of maps/arrays inside one message
-MAX_CONTAINER_LEN = 4096  # entries of any one map or array
+# Entries of any one map or array: a part's round marker names every device assigned to it,
+# and a round of a 10,000+-device fleet assigns `shared` to all of them.
+MAX_CONTAINER_LEN = 2**16
 # Totals over one message, so a small hostile input cannot unpack into millions of objects.
 MAX_CONTAINERS = 2**14  # maps and arrays
 MAX_MAP_ENTRIES = 2**17  # entries of all maps together

@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import schemas
+from schemas.codec import decode, encode
 from schemas.limits import MAX_MESSAGE_BYTES
+from schemas.messages import RoundOpened
 from tests.unit.schemas.helpers import same
 from tests.unit.schemas.strategies import STRATEGIES, arrays
 
@@ -40,3 +42,21 @@ def test_tensor_round_trip(array: np.ndarray) -> None:
     back = schemas.unpack_tensor(schemas.pack_tensor(array).data)
     assert same(back, array)
     assert not back.flags.writeable
+
+
+def test_the_round_marker_of_a_ten_thousand_device_round_round_trips() -> None:
+    # The `shared` part's marker names every assigned device (the aggregator's weight caps).
+    assigned = {f"dev-{i:05d}": 100 + i % 7 for i in range(20_000)}
+    marker = RoundOpened(
+        message_id="round-opened-3",
+        device_id="matcher",
+        round=3,
+        timestamp=1.0,
+        deadline=2.0,
+        strategy="fitness",
+        devices=len(assigned),
+        expected_parts={"shared": len(assigned)},
+        model_versions={"shared": 2},
+        assigned=assigned,
+    )
+    assert decode(encode(marker)) == marker
