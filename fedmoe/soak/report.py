@@ -47,8 +47,18 @@ class Timeline:
 
 
 def write_report(out: Path, report: Mapping[str, Any], timeline: Timeline, title: str) -> None:
-    """`out/report.json` and `out/report.png`."""
+    """`out/report.json`, `out/report.png` and the series behind the figure,
+    `out/timeline.json` (to judge again or draw otherwise later)."""
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    series = {
+        "accuracy": timeline.accuracy,
+        "round_seconds": timeline.round_seconds,
+        "lag": timeline.lag,
+        "rss": timeline.rss,
+        "online": timeline.online,
+        "events": [e.as_dict() for e in timeline.events],
+    }
+    (out / "timeline.json").write_text(json.dumps(series) + "\n")
     plot_timeline(timeline, out / "report.png", title)
 
 

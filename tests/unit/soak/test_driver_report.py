@@ -108,3 +108,5 @@ def test_report_writes_json_and_timeline(tmp_path: Path) -> None:
         "t": 12.0, "action": "kill", "target": "matcher", "ok": True,
     }  # fmt: skip
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    series = json.loads((tmp_path / "timeline.json").read_text())
+    assert series["rss"] == [[5.0, "matcher", 300.0], [10.0, "matcher", 301.0]]
