@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,14 @@ DEVICES, ROUNDS, SEED, STRATEGY = 20, 5, 0, "fitness"
 TIME_SCALE = 1.0
 
 
-def _demo(out: Path, regime: str, devices: int, rounds: int, seed: int) -> dict[str, Any]:
+def _demo(
+    out: Path, regime: str, devices: int, rounds: int, seed: int, *extra: str
+) -> dict[str, Any]:
     argv = [
         sys.executable, "-m", "fedmoe", "demo",
         "--regime", regime, "--devices", str(devices), "--rounds", str(rounds),
         "--strategy", STRATEGY, "--seed", str(seed), "--time-scale", str(TIME_SCALE),
-        "--out", str(out), "--timeout-s", "150",
+        "--out", str(out), "--timeout-s", "150", *extra,
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=170, env=os.environ)
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -67,6 +70,23 @@ def test_every_acked_update_applied_exactly_once(demo_run: tuple[dict[str, Any],
 
 
 @pytest.mark.timeout(200)
+def test_the_demo_runs_with_per_device_accounts(demo_run: tuple[dict[str, Any], Path]) -> None:
+    summary, out = demo_run
+    assert summary["mqtt_security"]["auth"] is True
+    assert summary["mqtt_security"]["accounts"] == ["fleet", "gateway"]
+    accounts = json.loads((out / "brokers" / "registry" / "accounts.json").read_text())
+    roles = {name: a["role"] for name, a in accounts["accounts"].items()}
+    assert roles["gateway-1"] == "gateway"
+    assert sum(role == "device" for role in roles.values()) == DEVICES
+    assert summary["fleet"]["events"].get("refused", 0) == 0
+    # Mosquitto logs each connection's user name: every device and the gateway connected
+    # with an account of their own.
+    log = (out / "brokers" / "mosquitto.log").read_text()
+    users = set(re.findall(r"New client connected from \S+ as \S+ \(.*u'([^']+)'\)", log))
+    assert users == set(roles)
+
+
+@pytest.mark.timeout(200)
 def test_no_process_left_behind(demo_run: tuple[dict[str, Any], Path]) -> None:
     summary, _ = demo_run
     expected = {"gateway", "profiler", "load-monitor", "evaluator", "matcher", "fleet"}
@@ -95,7 +115,13 @@ def test_parity_in_the_fleet_regime(tmp_path: Path) -> None:
     round and reaches the simulation's accuracy (measured equal to 3 decimals).
     """
     devices, rounds, seed = 30, 10, 0
-    summary = _demo(tmp_path, "fleet", devices, rounds, seed)
+    # Over TLS too (mqtts:// with the run's CA), so the encrypted path is the one measured.
+    summary = _demo(tmp_path, "fleet", devices, rounds, seed, "--tls")
+    assert summary["mqtt_security"] == {
+        "auth": True,
+        "tls": True,
+        "accounts": ["fleet", "gateway"],
+    }
     sim = run_simulation(ScenarioConfig(num_devices=devices, seed=seed), STRATEGY, rounds)
     assert summary["devices_per_round"] == [rec.devices_assigned for rec in sim.records]
     bus, ref = summary["accuracy_per_round"][-1], sim.records[-1].accuracy
