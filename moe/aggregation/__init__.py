@@ -6,7 +6,8 @@ that trained it. Layers, bottom up:
 - `validation`: hostile-input checks of one update (`UpdateRejected` with a reason code).
 - `base`: the `AggregationRule` / `PartAccumulator` interface (one part, one round).
 - `fedavg`, `robust`: streaming weighted FedAvg (with norm clipping); coordinate median and
-  trimmed mean (bounded buffers). `registry.make_rule` builds them by name.
+  trimmed mean (bounded buffers). `clipping`: `clipped-fedavg`, the default, FedAvg with a
+  bound derived from the part's recent update norms. `registry.make_rule` builds them by name.
 - `ledger`: the (round, device, part) dedup ledger, bounded by a window of rounds.
 - `aggregator`: `PartAggregator`, composing the above across rounds for the service and the
   simulation, with verdicts and plain-data snapshots.
@@ -22,6 +23,7 @@ from moe.aggregation.aggregator import (
     VerdictStatus,
 )
 from moe.aggregation.base import AccumulatorState, AggregationRule, PartAccumulator
+from moe.aggregation.clipping import ClippedFedAvg, NormHistory, clip_bound
 from moe.aggregation.errors import RoundStateError, SnapshotError
 from moe.aggregation.fedavg import FedAvg, FedAvgAccumulator
 from moe.aggregation.ledger import LedgerStatus, UpdateKey, UpdateLedger
@@ -35,10 +37,12 @@ __all__ = [
     "VERDICT_REASONS",
     "AccumulatorState",
     "AggregationRule",
+    "ClippedFedAvg",
     "CoordinateMedian",
     "FedAvg",
     "FedAvgAccumulator",
     "LedgerStatus",
+    "NormHistory",
     "PartAccumulator",
     "PartAggregator",
     "PartSnapshot",
@@ -51,6 +55,7 @@ __all__ = [
     "UpdateLedger",
     "Verdict",
     "VerdictStatus",
+    "clip_bound",
     "make_rule",
     "rule_from_plain",
     "rule_to_plain",
