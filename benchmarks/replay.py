@@ -17,15 +17,26 @@ Embedded brokers (anonymous MQTT), one synthetic recording of real `Telemetry` e
   MQTT replay's rate (what fed it) and the C clients' rate.
 - `schedule_1x`, `schedule_10x`: p50 / p99 of (sent − due) in ms, a timed replay spanning
   `--span-s` seconds at 1× and at 10×; no ceiling (0 is ideal; `ratio` is null).
+- `parity_rounds_equal` (`--kinds parity`): a `fedmoe demo --record` of `--demo-devices`
+  devices, replayed with `--follow-rounds` into a fresh deployment of the same scenario: rounds
+  whose live assignments equal the recorded ones; ceiling: rounds compared.
+- `recorder_overhead` (`--kinds overhead`): median round time (matcher log, RoundClosed to
+  RoundClosed) of the same demo with `--record`; ceiling: without.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import itertools
 import json
 import os
+import re
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -138,7 +149,7 @@ def recorder_cpu(records: list[Record], path: Path) -> float:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    kinds = set(args.kinds.split(","))
+    kinds = set(args.kinds.split(",")) - {"parity", "overhead"}
     run_dir = Path(tempfile.mkdtemp(prefix="fedmoe-bench-replay-"))
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     local = LocalBrokerSettings(
@@ -217,14 +228,116 @@ async def measure(args: argparse.Namespace) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def demo(out: Path, args: argparse.Namespace, *, record: bool) -> tuple[dict[str, Any], Path]:
+    """`fedmoe demo` as a user runs it (its own process); its summary and output dir."""
+    argv = [
+        sys.executable, "-m", "fedmoe", "demo", "--regime", args.regime,
+        "--devices", str(args.demo_devices), "--rounds", str(args.demo_rounds),
+        "--seed", str(args.seed), "--out", str(out), "--timeout-s", "500",
+    ]  # fmt: skip
+    if record:
+        argv += ["--record", str(out / "run.parquet")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=560)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads((out / "summary.json").read_text()), out
+
+
+_CLOSED = re.compile(r"^(\S+ \S+) INFO services\.matcher\.handler: matcher: closed round (\d+)")
+
+
+def round_seconds(matcher_log: Path) -> list[float]:
+    """Seconds between successive RoundClosed of rounds >= 1, from the matcher's log."""
+    times = {}
+    for text in matcher_log.read_text().splitlines():
+        m = _CLOSED.match(text)
+        if m:
+            stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            times[int(m.group(2))] = stamp.timestamp()
+    ordered = [times[k] for k in sorted(times)]
+    return [b - a for a, b in itertools.pairwise(ordered)]
+
+
+async def parity(args: argparse.Namespace, out: Path) -> None:
+    """Record a demo; replay it round-synchronously into a fresh deployment of its scenario;
+    compare the live matcher's assignments with the recorded ones, round by round."""
+    from fedmoe.demo.deployment import deployment
+    from fedmoe.scenario import ScenarioSettings
+    from fedmoe.settings import load_settings
+    from recording.reader import open_recording
+    from recording.replayer import renamer_for, selected
+
+    summary, run = await asyncio.to_thread(demo, out / "recorded", args, record=True)
+    (out / "recorded-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    recording = open_recording(run / "run.parquet")
+    scenario = load_settings(ScenarioSettings, {**os.environ, **recording.info["scenario"]})
+    settings = ReplaySettings(speed="1", follow_rounds=True, idle_timeout_s=120)
+    async with deployment(out / "live", scenario, os.environ, rounds=args.demo_rounds) as live:
+        records = selected(recording, settings)
+        report = await Replayer(
+            live.broker, settings, records, renamer_for(recording, records, live.broker)
+        ).run()
+    (out / "parity.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    p = report["parity"]
+    line(
+        "parity_rounds_equal",
+        "rounds",
+        p["rounds_equal"],
+        p["rounds_compared"],
+        regime=args.regime,
+        devices=args.demo_devices,
+        rounds=args.demo_rounds,
+        seed=args.seed,
+        recorded_records=recording.num_records,
+        common_pairs=sum(r["common_pairs"] for r in p["rounds"]),
+        recorded_pairs=sum(r["recorded_pairs"] for r in p["rounds"]),
+        live_pairs=sum(r["live_pairs"] for r in p["rounds"]),
+        recorded_round_s=round(statistics.fmean(round_seconds(run / "logs" / "matcher.log")), 3),
+    )
+
+
+def overhead(args: argparse.Namespace, out: Path) -> None:
+    """Round time of the same demo without and with `--record`."""
+    gaps = {}
+    for record in (False, True):
+        _, run = demo(out / ("with" if record else "without"), args, record=record)
+        gaps[record] = round_seconds(run / "logs" / "matcher.log")
+    line(
+        "recorder_overhead",
+        "s/round",
+        statistics.median(gaps[True]),
+        statistics.median(gaps[False]),
+        note="value: median round time with --record; ceiling: without",
+        round_s_with=[round(g, 3) for g in gaps[True]],
+        round_s_without=[round(g, 3) for g in gaps[False]],
+        regime=args.regime,
+        devices=args.demo_devices,
+        rounds=args.demo_rounds,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replay", description=__doc__)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--window", type=int, default=256, help="publishes in flight")
     parser.add_argument("--span-s", type=float, default=10.0, help="schedule runs: 1x span")
-    parser.add_argument("--kinds", default="mqtt,kafka,recorder,schedule")
-    asyncio.run(measure(parser.parse_args(argv)))
+    parser.add_argument(
+        "--kinds", default="mqtt,kafka,recorder,schedule", help="also: parity, overhead (demos)"
+    )
+    parser.add_argument("--regime", default="fleet", help="parity / overhead: demo regime")
+    parser.add_argument("--demo-devices", type=int, default=30)
+    parser.add_argument("--demo-rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("replay-bench"), help="demo runs")
+    args = parser.parse_args(argv)
+    kinds = set(args.kinds.split(","))
+    if kinds - {"parity", "overhead"}:
+        asyncio.run(measure(args))
+    if "parity" in kinds:
+        asyncio.run(parity(args, args.out / "parity"))
+    if "overhead" in kinds:
+        overhead(args, args.out / "overhead")
     return 0
 
 

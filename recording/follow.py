@@ -91,6 +91,22 @@ def recorded_rounds(records: Iterable[Record]) -> list[RecordedRound]:
     ]
 
 
+PLAYED_TYPES = frozenset({"round-opened", "round-closed", "assignment"})
+
+
+def played_rounds(
+    records: Iterable[Record], rounds: Sequence[RecordedRound]
+) -> list[RecordedRound]:
+    """The recorded rounds a replay or a what-if goes through: rounds some device announced
+    itself for (telemetry) that the recorded system also played (a RoundOpened, RoundClosed or
+    Assignment of it was recorded), so the announcements after the run's last round and the
+    status-only rounds (connects, goodbyes) are left out. A recording without any of those
+    (a trace import, a devices-only tap) keeps every round with telemetry."""
+    played = {r.round for r in records if r.type in PLAYED_TYPES and r.round is not None}
+    announced = [rr for rr in rounds if any(r.type == "telemetry" for r in rr.announcements)]
+    return [rr for rr in announced if rr.round in played] if played else announced
+
+
 class RoundFollower:
     """Maps live round closes to recorded rounds (see the module docstring)."""
 

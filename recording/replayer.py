@@ -29,7 +29,13 @@ import aiomqtt
 from brokers.kafka import KafkaProducer, RecordAck
 from brokers.mqtt import mqtt_client, translate
 from brokers.settings import BrokerSettings
-from recording.follow import RecordedRound, RoundFollower, Timed, recorded_rounds
+from recording.follow import (
+    RecordedRound,
+    RoundFollower,
+    Timed,
+    played_rounds,
+    recorded_rounds,
+)
 from recording.format import KAFKA, MQTT, Record
 from recording.reader import Recording
 from recording.rewrite import IdMap, rewrite
@@ -300,11 +306,7 @@ class Replayer:
             raise RuntimeError("follow-rounds needs MQTT")
         # Rounds some device announced itself for; status-only rounds (the connects' round 0,
         # goodbyes after the last one) map onto no live round.
-        rounds = [
-            rr
-            for rr in recorded_rounds(self.records)
-            if any(r.type == "telemetry" for r in rr.announcements)
-        ]
+        rounds = played_rounds(self.records, recorded_rounds(self.records))
         recorded_assign = recorded_assignments(self.records)
         speed = self.settings.speed_factor() or 1.0
         follower = RoundFollower(rounds, speed=speed)

@@ -37,7 +37,7 @@ from moe.fleet import round_seconds
 from moe.load import ExpertLoadState, imbalance, on_assignment, on_part_closed, on_round_closed
 from moe.matching import make_strategy
 from moe.parts import expert_part_id
-from recording.follow import RecordedRound, recorded_rounds
+from recording.follow import RecordedRound, played_rounds, recorded_rounds
 from recording.format import Record
 from recording.replayer import recorded_assignments
 from schemas import decode
@@ -221,12 +221,7 @@ def what_if(
     part_bytes: tuple[float, float],
 ) -> dict[str, StrategyRun]:
     """Every strategy over the recording's rounds."""
-    # Rounds some device announced itself for (status-only rounds: last wills, goodbyes).
-    rounds = [
-        rr
-        for rr in recorded_rounds(records)
-        if any(r.type == "telemetry" for r in rr.announcements)
-    ]
+    rounds = played_rounds(records, recorded_rounds(records))
     recorded = recorded_assignments(records)
     times = measured_times(rounds)
     return {
