@@ -25,10 +25,7 @@ def test_soak_heals_every_kill_without_a_violation(tmp_path: Path) -> None:
         "--devices", "20", "--minutes", str(MINUTES), "--out", str(tmp_path),
         "--regime", "label-skew", "--scrape-interval-s", "3", "--settle-s", "30",
     ]  # fmt: skip
-    # The soak does not provision per-device MQTT accounts (the demo's provisioning is not
-    # shared with it yet): brokers that authenticate would refuse its fleet.
-    env = {**os.environ, "FEDMOE_MQTT_INSECURE": "true"}
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=250, env=env)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=250, env=os.environ)
     report = json.loads((tmp_path / "report.json").read_text())
     assert proc.returncode == 0, (
         proc.stdout[-3000:] + proc.stderr[-3000:] + json.dumps(report["violations"][:5])
