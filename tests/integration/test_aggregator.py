@@ -61,17 +61,29 @@ def initial_parts(env: Mapping[str, str] = SCENARIO_ENV) -> dict[str, Tensors]:
     return build_scenario(scenario(env).config()).initial_parts()
 
 
-def marker(round_: int, expected: Mapping[str, int], deadline: float) -> RoundOpened:
+def marker(
+    round_: int,
+    expected: Mapping[str, int],
+    deadline: float,
+    assigned: Mapping[str, int] | None = None,
+) -> RoundOpened:
     return RoundOpened(
         message_id=f"round-{round_}", device_id="matcher", round=round_, timestamp=time.time(),
         deadline=deadline, strategy="test", devices=max(expected.values(), default=0),
         expected_parts=dict(expected), model_versions=dict.fromkeys(expected, 0),
+        assigned=dict(assigned or {}),
     )  # fmt: skip
 
 
-def markers(round_: int, expected: Mapping[str, int], deadline: float) -> list[Record]:
-    """One round marker per part, keyed by the part (what the matcher produces to updates)."""
-    value = encode(marker(round_, expected, deadline))
+def markers(
+    round_: int,
+    expected: Mapping[str, int],
+    deadline: float,
+    assigned: Mapping[str, int] | None = None,
+) -> list[Record]:
+    """One round marker per part, keyed by the part (what the matcher produces to updates),
+    each naming `assigned` (device -> weight cap) when given."""
+    value = encode(marker(round_, expected, deadline, assigned))
     return [(part.encode(), value, None) for part in expected]
 
 
@@ -234,9 +246,18 @@ async def test_sigkill_mid_round_loses_no_update_and_applies_none_twice(
     # Most of the stream before the kill, so that it lands while records are being worked on;
     # the rest while the service is down.
     first_half, second_half = stream[:150], stream[150:]
+    # Devices the round never assigned, sent after the restart: their refusal proves the
+    # round's assignments came back from the checkpoint.
+    strangers = [
+        part_update(f"intruder-{k}", part, trained(base[part], rng), 1.0)
+        for k, part in enumerate(parts)
+    ]
+    # First after the restart, while every part still waits for its quorum (else: late).
+    second_half = [(m.payload.part.encode(), encode(m), None) for m in strangers] + second_half
     now = time.time()
+    assigned = {f"dev-{i:03d}": 50 for i in range(N_DEVICES)}
     opening = markers(0, dict.fromkeys(parts, 0), now)
-    opening += markers(1, dict.fromkeys(parts, N_DEVICES), now + 300)
+    opening += markers(1, dict.fromkeys(parts, N_DEVICES), now + 300, assigned)
     env = broker_environ(
         broker_env,
         **SCENARIO_ENV,
@@ -271,14 +292,24 @@ async def test_sigkill_mid_round_loses_no_update_and_applies_none_twice(
             took_s = time.monotonic() - restarted
             await acks.wait_until(
                 lambda ms: len({(a.update_id, a.part) for a in ms if isinstance(a, UpdateAck)})
-                >= len(distinct), 20, "an ack of every update",
+                >= len(distinct) + len(strangers), 20, "an ack of every update",
             )  # fmt: skip
             assert await service.terminate() == 0
         except BaseException:
             print(service.log_text()[-6000:])
             raise
         await asyncio.sleep(0)
-    ack_messages = [a for a in acks.messages if isinstance(a, UpdateAck)]
+    intruders = {m.update_id for m in strangers}
+    refused = [
+        (a.status, a.reason)
+        for a in acks.messages
+        if isinstance(a, UpdateAck) and a.update_id in intruders
+    ]
+    assert len(refused) >= len(strangers)
+    assert set(refused) == {("rejected", "unassigned")}
+    ack_messages = [
+        a for a in acks.messages if isinstance(a, UpdateAck) and a.update_id not in intruders
+    ]
     by_update: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for a in ack_messages:
         by_update[(a.update_id, a.part)][a.status].add(a.message_id)
@@ -324,7 +355,7 @@ async def test_sigkill_mid_round_loses_no_update_and_applies_none_twice(
     committed = await committed_offsets(
         broker_env, f"{broker_env.namespace}-agg", table.name(Topic.UPDATES)
     )
-    assert sum(committed.values()) == len(opening) + len(stream)
+    assert sum(committed.values()) == len(opening) + len(stream) + len(strangers)
 
 
 # -- two instances -----------------------------------------------------------------------------

@@ -119,6 +119,8 @@ async def test_sigkill_mid_stream_loses_no_update(broker: BrokerSettings, tmp_pa
         broker,
         FEDMOE_GATEWAY_CLIENT_ID=f"gw-{broker.namespace}",
         FEDMOE_GATEWAY_GROUP_ID=f"gw-{broker.namespace}",
+        # One device stands in for a fleet's burst here: no per-device rate limit.
+        FEDMOE_GATEWAY_RATE_PER_S="0",
         FEDMOE_RUNTIME_SESSION_TIMEOUT_S="6",
         FEDMOE_RUNTIME_METRICS_INTERVAL_S="2",
     )
@@ -332,3 +334,46 @@ async def test_messages_not_acked_by_kafka_are_redelivered(broker: BrokerSetting
         await asyncio.wait_for(task, 10)
     assert second.get(Outcome.RECEIVED) == n
     assert second.get(Outcome.PUBACKED) == n
+
+
+@pytest.mark.timeout(120)
+async def test_a_retained_device_publish_has_no_effect_and_is_counted(
+    broker: BrokerSettings,
+) -> None:
+    """A retained update waits at the broker for every gateway that subscribes later, which
+    would apply it as if sent anew: the gateway refuses it (dead letter, `retained_rejected`)
+    and produces nothing of it; a device's retained status stays welcome (its last will)."""
+    table = broker.topic_table()
+    # Without the share group: Mosquitto delivers retained messages to plain subscriptions only.
+    settings = GatewaySettings(
+        client_id=f"gw-{broker.namespace}", group_id="gw-egress", shared_subscription=False
+    )
+    runtime = RuntimeSettings(poll_timeout_s=0.2, session_timeout_s=6.0, drain_timeout_s=10.0)
+    planted = _update(7)
+    status = DeviceStatus(message_id="s-1", device_id="dev-1", round=0, timestamp=1.0, online=True)
+    async with _device(broker, f"dev-{broker.namespace}") as device:
+        await device.publish(table.mqtt(MqttTopic.UPDATE, device="dev-1"), encode(planted),
+                             qos=1, retain=True)  # fmt: skip
+        await device.publish(table.mqtt(MqttTopic.STATUS, device="dev-1"), encode(status),
+                             qos=1, retain=True)  # fmt: skip
+    async with (
+        TopicCollector(broker, table.name(Topic.DEAD_LETTER)) as letters,
+        TopicCollector(broker, table.name(Topic.TELEMETRY)) as telemetry,
+        TopicCollector(broker, table.name(Topic.UPDATES)) as updates,
+        Gateway(broker, settings, runtime) as gateway,
+    ):
+        await letters.wait_until(lambda ms: len(ms) >= 1, 30, "the retained update refused")
+        await telemetry.wait_until(
+            lambda ms: any(m.message_id == "s-1" for m in ms), 30, "the retained status"
+        )
+        gateway.stop()
+        await asyncio.wait_for(gateway.wait(), 30)
+    (letter,) = [d for d in letters.messages if isinstance(d, DeadLetter)]
+    assert letter.error == "RetainedPublish"
+    assert letter.original == encode(planted)
+    assert updates.messages == []  # nothing of it reached the aggregators
+    assert gateway.notes["retained_rejected"] == 1
+    assert gateway.metrics.snapshot()["retained_rejected"] == 1
+    async with mqtt_client(broker, client_id=f"clean-{broker.namespace}", persistent=False) as c:
+        # Clear the planted message so no later subscriber of this root meets it.
+        await c.publish(table.mqtt(MqttTopic.UPDATE, device="dev-1"), b"", qos=1, retain=True)
