@@ -135,3 +135,22 @@ def test_traced_world_takes_availability_and_timing_from_the_trace() -> None:
     plain = scenario.round_time_s(0, [0], 1) * 0.5
     assert fast != pytest.approx(plain)
     json.dumps(fast)
+
+
+def test_fleet_from_recording_builds_a_traced_world(tmp_path: Path) -> None:
+    from brokers.settings import BrokerSettings
+    from clients.fleet import Fleet
+    from clients.settings import FleetSettings
+    from clients.traced import TracedWorld
+    from fedmoe.scenario import ScenarioSettings
+    from recording.writer import RecordingWriter
+
+    path = tmp_path / "run.parquet"
+    with RecordingWriter(path) as writer:
+        for i, (dev, r) in enumerate([("dev-00001", 1), ("dev-00002", 1), ("dev-00002", 2)]):
+            writer.append(mqtt(i, "telemetry", telemetry(dev, r)))
+    settings = FleetSettings(from_recording=str(path))
+    fleet = Fleet(BrokerSettings(), settings, ScenarioSettings(regime="label-skew", devices=4))
+    assert isinstance(fleet.world, TracedWorld)
+    assert [fleet.world.available(d, 1) for d in range(4)] == [False, True, True, False]
+    assert [fleet.world.available(d, 2) for d in range(4)] == [False, False, True, False]
