@@ -24,7 +24,8 @@ Roles (`ROLES`), with `{root}` the deployment's MQTT root:
 - `gateway`: reads every device's uplink, publishes assignments, acks, model, gate and round;
 - `observer`: reads everything under `{root}` and `$SYS`, publishes nothing (`fedmoe record`,
   monitoring);
-- `replayer`: publishes any device's telemetry, status and update (`fedmoe replay`).
+- `replayer`: publishes any device's telemetry, status and update, reads the round and the
+  assignments (`fedmoe replay`, `--follow-rounds`).
 
 Writes are atomic (temporary file + rename) under an exclusive lock on `.lock`, so two
 `fedmoe devices` commands at once cannot lose an account.
@@ -137,6 +138,8 @@ def _role_rules(root: str, account: Account) -> list[str]:
         lines += [f"topic read {root}/#", "topic read $SYS/#"]
     elif account.role == "replayer":
         lines += [f"topic write {root}/+/{kind}" for kind in ("telemetry", "status", "update")]
+        # `fedmoe replay --follow-rounds` paces itself by the live rounds and assignments.
+        lines += [f"topic read {root}/round", f"topic read {root}/+/assignment"]
     # The device patterns below apply to every username: a service account must not be able
     # to act as a device of its own name.
     lines.append(f"topic deny {root}/{account.name}/#")

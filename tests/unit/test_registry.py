@@ -138,6 +138,8 @@ def test_acl_grants_each_role_only_its_topics(tmp_path: Path) -> None:
         "topic write fl/+/telemetry",
         "topic write fl/+/status",
         "topic write fl/+/update",
+        "topic read fl/round",
+        "topic read fl/+/assignment",
         "topic deny fl/rep/#",
     ]
     patterns = [line for line in lines if line.startswith("pattern")]
