@@ -254,7 +254,14 @@ async def _through_gateways(
     ports = [free_port() for _ in range(gateways)]
     async with ProcessGroup(group_dir / "logs") as group:
         for g in range(gateways):
-            settings = GatewaySettings(client_id=f"gateway-{kind}-{gateways}-{g}", rate_per_s=0.0)
+            # A share group of its own per configuration: the stopped gateways of the last
+            # one keep their persistent sessions in theirs, and Mosquitto would keep handing
+            # them their share.
+            settings = GatewaySettings(
+                client_id=f"gateway-{kind}-{gateways}-{g}",
+                share_group=f"bench-{kind}-{gateways}",
+                rate_per_s=0.0,
+            )
             env = child_env(
                 os.environ,
                 to_env(broker),
