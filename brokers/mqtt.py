@@ -56,6 +56,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from brokers.errors import BrokerError, BrokerTimeout, BrokerUnavailable
 from brokers.settings import BrokerSettings
@@ -277,11 +278,20 @@ class MqttSession:
             raise BrokerUnavailable(f"mqtt: {self.client_id} is not connected")
         return self._client
 
-    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        """Subscribe (bounded wait for the SUBACK); a refused subscription is an error."""
+    async def subscribe(
+        self, topic_filter: str, qos: int = 1, *, retain_as_published: bool = False
+    ) -> None:
+        """Subscribe (bounded wait for the SUBACK); a refused subscription is an error.
+
+        `retain_as_published` (MQTT 5): live messages keep the retain flag their publisher set
+        (by default the broker clears it on forwarding), so a subscriber can refuse them.
+        """
         client = self._require()
+        options = SubscribeOptions(qos=qos, retainAsPublished=retain_as_published)
         try:
-            granted: Any = await client.subscribe(topic_filter, qos, timeout=self._timeout)
+            granted: Any = await client.subscribe(
+                topic_filter, options=options, timeout=self._timeout
+            )
         except (aiomqtt.MqttError, OSError) as exc:
             raise translate(exc, f"subscribe {topic_filter}") from exc
         codes = [_reason_value(c) for c in granted]

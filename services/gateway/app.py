@@ -375,7 +375,9 @@ class Gateway:
             try:
                 async with self._session:
                     for topic_filter in subscriptions(self._table, share):
-                        await self._session.subscribe(topic_filter, qos=1)
+                        # Retain as published: a device's live retained publish is seen
+                        # as such and refused (`check_retained`), not only its replays.
+                        await self._session.subscribe(topic_filter, qos=1, retain_as_published=True)
                     log.info("%s: subscribed %s", NAME, subscriptions(self._table, share))
                     attempt = 0
                     self._connected.set()

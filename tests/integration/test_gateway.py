@@ -377,3 +377,34 @@ async def test_a_retained_device_publish_has_no_effect_and_is_counted(
     async with mqtt_client(broker, client_id=f"clean-{broker.namespace}", persistent=False) as c:
         # Clear the planted message so no later subscriber of this root meets it.
         await c.publish(table.mqtt(MqttTopic.UPDATE, device="dev-1"), b"", qos=1, retain=True)
+
+
+@pytest.mark.timeout(120)
+async def test_a_live_retained_device_publish_is_refused_through_the_share_group(
+    broker: BrokerSettings,
+) -> None:
+    """The gateway subscribes with MQTT 5's retain-as-published, so a device's retained
+    publish is seen as retained even live, through the shared subscription, and refused."""
+    table = broker.topic_table()
+    settings = GatewaySettings(client_id=f"gw-{broker.namespace}", group_id="gw-egress")
+    assert settings.shared_subscription
+    runtime = RuntimeSettings(poll_timeout_s=0.2, session_timeout_s=6.0, drain_timeout_s=10.0)
+    planted = _update(8)
+    async with (
+        TopicCollector(broker, table.name(Topic.DEAD_LETTER)) as letters,
+        TopicCollector(broker, table.name(Topic.UPDATES)) as updates,
+        Gateway(broker, settings, runtime) as gateway,
+    ):
+        await asyncio.wait_for(gateway.connected.wait(), 30)
+        async with _device(broker, f"dev-{broker.namespace}") as device:
+            await device.publish(table.mqtt(MqttTopic.UPDATE, device="dev-1"), encode(planted),
+                                 qos=1, retain=True)  # fmt: skip
+        await letters.wait_until(lambda ms: len(ms) >= 1, 30, "the live retained update refused")
+        gateway.stop()
+        await asyncio.wait_for(gateway.wait(), 30)
+    (letter,) = [d for d in letters.messages if isinstance(d, DeadLetter)]
+    assert letter.error == "RetainedPublish"
+    assert updates.messages == []
+    assert gateway.notes["retained_rejected"] == 1
+    async with mqtt_client(broker, client_id=f"clean-{broker.namespace}", persistent=False) as c:
+        await c.publish(table.mqtt(MqttTopic.UPDATE, device="dev-1"), b"", qos=1, retain=True)
