@@ -1,13 +1,14 @@
-"""Memory-speed numpy kernels for folding one update into a float64 running sum.
+"""Memory-speed numpy kernels for folding one update into a float64 running mean.
 
 A weighted fold of float32 updates is memory-bound: the floor is reading each update once and
-reading and writing the float64 sum once. Whole-array numpy expressions (`(u - b) * w`, then
-`s += t`) allocate full-size temporaries and stream every one of them through memory, which
-here cost ~10× the floor. These kernels walk the arrays in blocks small enough that the
-temporaries stay in the CPU cache (`BLOCK_ELEMENTS`), so main memory sees only the operands.
+reading and writing the float64 state once. Whole-array numpy expressions (`(u - b) * w`, then
+`m += t`) allocate full-size temporaries and stream every one of them through memory, and a
+float32 → float64 `subtract(..., dtype=float64)` runs numpy's slow buffered-cast loop. These
+kernels walk the arrays in blocks small enough that their one temporary stays in the CPU cache
+(`BLOCK_ELEMENTS`), so main memory sees only the operands (`benchmarks/aggregation.py`).
 
-All functions take C-contiguous arrays (the codec's zero-copy tensors and the accumulators'
-own state are) and never allocate more than two blocks.
+Arrays are used flat: C-contiguous ones (the codec's zero-copy tensors, the accumulators' own
+state) as views; the state updated in place must be C-contiguous.
 """
 
 from __future__ import annotations
