@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from tqdm import tqdm
 
 from fedmoe.errors import SettingsError
 from fedmoe.plots import plot_accuracy, plot_load
+from fedmoe.pool import unordered_map
 from fedmoe.settings import add_arguments, from_args, setting
 from moe.fleet import DEFAULT_DEADLINE_S
 from moe.matching import STRATEGY_NAMES
@@ -177,17 +176,6 @@ def _parser() -> argparse.ArgumentParser:
 Job = CentralJob | RunJob
 
 
-def _results(jobs: Sequence[Job], workers: int) -> Iterator[tuple[str, int, float] | RunResult]:
-    """Run `jobs`, yielding each result as it finishes (any order)."""
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_job(job)
-        return
-    # spawn: workers start clean (no inherited threads or BLAS state), whatever the caller holds.
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(run_job, jobs)
-
-
 def run(settings: ExperimentSettings) -> dict[str, Any]:
     """Run the experiment, write its files, and return the summary."""
     plan = settings.plan()
@@ -200,14 +188,14 @@ def run(settings: ExperimentSettings) -> dict[str, Any]:
     with tqdm(
         total=len(central_jobs) + len(run_jobs), desc="experiment", unit="run", file=sys.stderr
     ) as bar:
-        for result in _results(central_jobs, settings.workers):
+        for result in unordered_map(run_job, central_jobs, settings.workers):
             if isinstance(result, RunResult):
                 raise TypeError("a centralized job returned a run")
             central.append(result)
             bar.update()
         # The targets are fixed here, from the centralized runs alone.
         reference = targets(plan, central)
-        for result in _results(run_jobs, settings.workers):
+        for result in unordered_map(run_job, run_jobs, settings.workers):
             if not isinstance(result, RunResult):
                 raise TypeError("a federated job returned no run")
             runs.append(result)

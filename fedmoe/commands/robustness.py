@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +26,13 @@ from tqdm import tqdm
 
 from fedmoe.errors import SettingsError
 from fedmoe.plots import plot_accuracy
+from fedmoe.pool import unordered_map
 from fedmoe.settings import add_arguments, from_args, setting
 from moe.data import REGIMES, Regime
 from moe.scenario import ScenarioConfig
 from moe.simulation.records import RunResult
 from moe.simulation.robustness import (
     RULES,
-    RobustJob,
     RobustnessPlan,
     robustness_table,
     run_robust_job,
@@ -105,17 +103,6 @@ class RobustnessSettings:
         )
 
 
-def _results(jobs: Sequence[RobustJob], workers: int) -> Iterator[tuple[str, str, RunResult]]:
-    """Run `jobs`, yielding each result as it finishes (any order)."""
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_robust_job(job)
-        return
-    # spawn: workers start clean (no inherited threads or BLAS state), as `fedmoe experiment`.
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(run_robust_job, jobs)
-
-
 def run(settings: RobustnessSettings) -> dict[str, Any]:
     """Run the experiment, write its files, and return the summary."""
     plan = settings.plan()
@@ -125,7 +112,7 @@ def run(settings: RobustnessSettings) -> dict[str, Any]:
     jobs = plan.jobs()
     results: list[tuple[str, str, RunResult]] = []
     with tqdm(total=len(jobs), desc="robustness", unit="run", file=sys.stderr) as bar:
-        for result in _results(jobs, settings.workers):
+        for result in unordered_map(run_robust_job, jobs, settings.workers):
             results.append(result)
             bar.update()
     summary = summarize_robustness(plan, results)
