@@ -63,6 +63,7 @@ from moe.aggregation.base import (
 )
 from moe.aggregation.clipping import ClippedFedAvg, NormHistory
 from moe.aggregation.errors import RoundStateError, SnapshotError
+from moe.aggregation.kernels import squared_distance
 from moe.aggregation.ledger import DEFAULT_WINDOW, UpdateKey, UpdateLedger
 from moe.aggregation.registry import rule_from_plain, rule_to_plain
 from moe.aggregation.validation import (
@@ -544,11 +545,7 @@ def _read_only(tensors: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
 
 
 def _distance(new: Mapping[str, NDArray[Any]], old: Mapping[str, NDArray[Any]]) -> float:
-    total = 0.0
-    for name, array in new.items():
-        diff = np.subtract(array, old[name], dtype=np.float64).ravel()
-        total += float(np.vdot(diff, diff))
-    return math.sqrt(total)
+    return math.sqrt(sum(squared_distance(array, old[name]) for name, array in new.items()))
 
 
 def _caps(assigned: Mapping[str, float], part: str) -> dict[str, float]:
