@@ -8,15 +8,20 @@ partition itself, notes the end offsets at the start and stops when it reached a
 records produced meanwhile are left to the group consumer that starts afterwards.
 
 Records that do not decode are skipped and counted (they were dead-lettered when first read).
+
+A topic named in `latest_per_key` is reduced as it is read to the last record of each key (per
+partition): what a fold that keeps only each key's latest value needs (a device's latest
+profile, its latest assignment). The replay then holds and decodes O(keys) records, not the
+topic's whole history, which grows with every round while Tansu does not compact it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from brokers.kafka import MAX_RECORD_BYTES, _stop_quietly, kafka_errors
 from brokers.settings import BrokerSettings
@@ -55,6 +60,7 @@ async def replay_topics(
     timeout_s: float = 30.0,
     client_id: str = "replay",
     batch: int = 1000,
+    latest_per_key: Collection[Topic | str] = (),
 ) -> Replay:
     """Every record of `topics` from the beginning up to their end offsets at call time.
 
@@ -64,12 +70,15 @@ async def replay_topics(
         timeout_s: bound on the whole replay.
         client_id: Kafka client id (logs).
         batch: records per fetch.
+        latest_per_key: topics of which only the last record of each key is returned (records
+            without a key are all kept).
 
     Raises:
         BrokerError: Kafka failed or the replay did not finish within `timeout_s`.
     """
     table = broker.topic_table()
     names = [table.name(t) if isinstance(t, Topic) else t for t in topics]
+    reduced = {table.name(t) if isinstance(t, Topic) else t for t in latest_per_key}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=broker.bootstrap_servers(),
         client_id=client_id,
@@ -81,7 +90,20 @@ async def replay_topics(
         **broker.kafka_security(),
     )
     records: list[ReplayedRecord] = []
+    latest: dict[tuple[str, int, bytes], ConsumerRecord[bytes, bytes]] = {}
     skipped = 0
+
+    def keep(r: ConsumerRecord[bytes, bytes]) -> None:
+        nonlocal skipped
+        try:
+            message = decode(r.value or b"")
+        except SchemaError:
+            skipped += 1
+            return
+        records.append(
+            ReplayedRecord(r.topic, r.partition, r.offset, r.key, r.timestamp or 0, message)
+        )
+
     try:
         async with kafka_errors(f"replay {names}", timeout_s):
             await consumer.start()
@@ -112,21 +134,17 @@ async def replay_topics(
                     for r in batch_records:
                         if r.offset >= end[tp]:
                             break  # produced after the replay began: the group consumer's
-                        try:
-                            message = decode(r.value or b"")
-                        except SchemaError:
-                            skipped += 1
-                            continue
-                        records.append(
-                            ReplayedRecord(
-                                r.topic, r.partition, r.offset, r.key, r.timestamp or 0, message
-                            )
-                        )
+                        if r.topic in reduced and r.key is not None:
+                            latest[(r.topic, r.partition, r.key)] = r  # decoded at the end
+                        else:
+                            keep(r)
                 for tp in list(remaining):
                     if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
     finally:
         await _stop_quietly(consumer, broker.request_timeout_s, "replay consumer")
+    for r in latest.values():
+        keep(r)
     if skipped:
         log.warning("replay of %s skipped %d undecodable records", names, skipped)
     records.sort(key=lambda r: (r.topic, r.partition, r.offset))

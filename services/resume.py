@@ -6,7 +6,8 @@
             await service.wait()
 
 On enter it reads `replay` from the beginning to the end offsets of that moment
-(`brokers.rebuild.replay_topics`, bounded by `replay_timeout_s`), hands the records to
+(`brokers.rebuild.replay_topics`, bounded by `replay_timeout_s`; the topics in `latest_per_key`
+reduced to each key's last record), hands the records to
 `handler.restore(records)` (the handler folds them and produces nothing), then enters a
 `ServiceRuntime` over `inputs` in `group_id`, whose first tick and first record therefore meet
 the rebuilt state. The group resumes from its committed offsets, so records up to the replay's
@@ -58,6 +59,7 @@ class ResumedService(Generic[H]):
         handler: H,
         replay: Sequence[Topic | str],
         inputs: Sequence[Topic | str],
+        latest_per_key: Sequence[Topic | str] = (),
         group_id: str,
         settings: RuntimeSettings | None = None,
         replay_timeout_s: float = 60.0,
@@ -68,6 +70,7 @@ class ResumedService(Generic[H]):
         self.name = name
         self.handler = handler
         self._replay = list(replay)
+        self._latest_per_key = list(latest_per_key)
         self._inputs = list(inputs)
         self._group_id = group_id
         self._settings = settings if settings is not None else RuntimeSettings()
@@ -86,6 +89,7 @@ class ResumedService(Generic[H]):
             self._replay,
             timeout_s=self._replay_timeout_s,
             client_id=f"{self.name}-replay",
+            latest_per_key=self._latest_per_key,
         )
         folded = self.handler.restore(replay.records)
         log.info(

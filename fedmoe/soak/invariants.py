@@ -15,8 +15,9 @@ every few seconds while the run goes on) and, at the end, everything that can st
 - `rounds_progress`: while at least one device is online, a round closes at least every
   `stall_s`;
 - `consumer_lag_bounded`: no process's lag stays above `max_lag` for longer than `lag_for_s`;
-- `rss_bounded`: each service's RSS slope (after warm-up, `memory.rss_slope`) is at most
-  `rss_mb_per_hour` once `rss_min_span_s` of samples back it;
+- `rss_bounded`: each service's RSS slope (after warm-up, `memory.rss_slope`, over the
+  incarnations that each lived `rss_min_span_s` past their warm-up) is at most
+  `rss_mb_per_hour`; a service none of whose incarnations lived that long is not judged;
 - `mqtt_no_drops`: Mosquitto's dropped-messages counter stays 0.
 """
 
@@ -309,14 +310,18 @@ class RssBounded(Checker):
 
     def fits(self) -> dict[str, SlopeFit]:
         """The slope per service now."""
-        return {s: rss_slope(v, self.bounds.rss_warmup_s) for s, v in sorted(self.samples.items())}
+        b = self.bounds
+        return {
+            s: rss_slope(v, b.rss_warmup_s, b.rss_min_span_s)
+            for s, v in sorted(self.samples.items())
+        }
 
     def check(self, now: float, *, force: bool = False) -> None:
         if not force and now - self._last_judged < self.bounds.rss_judge_every_s:
             return
         self._last_judged = now
         for service, fit in self.fits().items():
-            if service in self.flagged or fit.span_s < self.bounds.rss_min_span_s:
+            if service in self.flagged or not fit.samples:
                 continue
             ok = fit.mb_per_hour <= self.bounds.rss_mb_per_hour
             if not ok:

@@ -92,7 +92,9 @@ class SoakSettings:
         "FEDMOE_SOAK_RSS_WARMUP_S", 120.0, "RSS samples left out after each process start"
     )
     rss_min_span_s: float = setting(
-        "FEDMOE_SOAK_RSS_MIN_SPAN_S", 300.0, "RSS is judged once samples cover this long"
+        "FEDMOE_SOAK_RSS_MIN_SPAN_S",
+        300.0,
+        "RSS is judged over the process incarnations that lived this long past their warm-up",
     )
     rss_mb_per_hour: float = setting(
         "FEDMOE_SOAK_RSS_MB_PER_HOUR", 200.0, "largest RSS growth allowed, MB per hour"

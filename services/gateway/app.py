@@ -286,6 +286,12 @@ class Gateway:
         """Set while the MQTT session is connected and subscribed."""
         return self._connected
 
+    def _mqtt_ready(self) -> tuple[bool, str]:
+        # Kafka alone is half a gateway: no device is served while MQTT is down.
+        if self._connected.is_set():
+            return True, "ready"
+        return False, "MQTT session not connected"
+
     async def __aenter__(self) -> Self:
         if self._stack is not None:
             raise RuntimeError("Gateway is not reentrant")
@@ -309,6 +315,7 @@ class Gateway:
                     producer=producer,
                     metrics=self.metrics,
                     clock=self._clock,
+                    also_ready=self._mqtt_ready,
                 )
             )
         except BaseException as exc:

@@ -33,7 +33,7 @@ from moe.matching import make_strategy
 from moe.scenario import build_scenario
 from services.entrypoint import service_main
 from services.matcher.clock import ClockConfig, RoundClock
-from services.matcher.handler import INPUTS, REPLAYED, MatcherHandler
+from services.matcher.handler import INPUTS, LATEST_PER_KEY, REPLAYED, MatcherHandler
 from services.matcher.planning import MatchingContext, RoundPlanner, model_part_ids
 from services.matcher.settings import MatcherSettings
 from services.metrics import ServiceMetrics
@@ -62,6 +62,7 @@ def build_clock(settings: MatcherSettings, scenario_settings: ScenarioSettings) 
         max_rounds=settings.max_rounds,
         fleet_size=scenario_settings.devices,
         wait_for_load=settings.wait_for_load,
+        settle_quorum=settings.settle_quorum,
     )
     return RoundClock(config, planner)
 
@@ -85,6 +86,7 @@ def matcher_service(
         handler=handler,
         replay=REPLAYED,
         inputs=INPUTS,
+        latest_per_key=LATEST_PER_KEY,
         group_id=settings.group_id,
         settings=runtime,
         replay_timeout_s=settings.replay_timeout_s,

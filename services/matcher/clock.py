@@ -77,6 +77,8 @@ class ClockConfig:
         max_rounds: training rounds to open (1..max_rounds); 0 = unlimited.
         fleet_size: devices in the scenario: once all reported, the next round opens at once.
         wait_for_load: hold the next round until the ExpertLoad of the closed round arrived.
+        settle_quorum: the "settled" rule opens only once this share of the devices that
+            reported for any of the last `RECENT_ROUNDS` rounds reported for the next one.
     """
 
     parts: tuple[str, ...]
@@ -88,6 +90,11 @@ class ClockConfig:
     max_rounds: int = 0
     fleet_size: int = 0
     wait_for_load: bool = True
+    settle_quorum: float = 0.5
+
+
+RECENT_ROUNDS = 3
+"""Rounds (the next one and the two before) whose reporters the settle quorum counts."""
 
 
 class Announcements:
@@ -120,6 +127,11 @@ class Announcements:
         """Of those, the ones online."""
         return self._online[r]
 
+    def recent(self, r: int) -> int:
+        """Devices whose latest snapshot is of round `r` or of one of the rounds just before
+        (`RECENT_ROUNDS` in all): the fleet that is expected to report for `r`."""
+        return sum(self._reported[r - k] for k in range(RECENT_ROUNDS))
+
     def last_at(self, r: int) -> float:
         """When the latest snapshot of round `r` arrived (-inf when none did)."""
         return self._last_at.get(r, -math.inf)
@@ -145,6 +157,7 @@ class RoundClock:
         # To produce again after a restart: the RoundOpened and each part's assigned devices.
         self._reannounce: tuple[RoundOpened, dict[str, dict[str, int]]] | None = None
         self.last_opening = ""  # why and over how many candidates the latest round opened
+        self._resumed_at = -math.inf  # max_wait counts from here too (see `resume`)
         # Rounds in a row that assigned devices and closed with no update applied: the sign of
         # a deadline shorter than the bus's own round trip (advisory; a restart starts at 0).
         self.starved_rounds = 0
@@ -284,6 +297,9 @@ class RoundClock:
         Returns:
             What was decided, for the log.
         """
+        # A restarted matcher has not read the reports that came while it was down: max_wait
+        # counts from now, not from the close it replayed (else it opens at once, on nobody).
+        self._resumed_at = now
         opened, r = self._opened, self.open_round
         if opened is None or r is None or r == GENESIS_ROUND:
             return "no round to resume"
@@ -343,13 +359,17 @@ class RoundClock:
     def _open_reason(self, r: int, now: float) -> str | None:
         """Why round `r` may open now, or None to wait.
 
-        At the latest `max_wait_s` after the last close. Before that it waits for the load
-        monitor's ExpertLoad of the closed round (when configured), then opens as soon as every
-        device of the scenario reported for `r` (online or not), or once at least one candidate
-        is online and no report came for `open_delay_s` (the telemetry has settled).
+        At the latest `max_wait_s` after the last close (or after a restart). Before that it
+        waits for the load monitor's ExpertLoad of the closed round (when configured), then
+        opens as soon as every device of the scenario reported for `r` (online or not), or once
+        at least one candidate is online, `settle_quorum` of the recent reporters reported for
+        `r`, and no report came for `open_delay_s` (the telemetry has settled). Why the quorum:
+        under load, reports can pause for longer than `open_delay_s` while most are still in
+        flight; a round opened then takes the few early ones, the rest arrive for a round
+        already open, and rounds stay tiny from then on (seen in a 2,000-device soak).
         """
         closed_at = self._closed.timestamp if self._closed is not None else now
-        if now >= closed_at + self.config.max_wait_s:
+        if now >= max(closed_at, self._resumed_at) + self.config.max_wait_s:
             return "max-wait"
         if self.config.wait_for_load and not self._load_after_close:
             return None
@@ -357,6 +377,8 @@ class RoundClock:
         if self.config.fleet_size and announced.reported(r) >= self.config.fleet_size:
             return "all-reported"
         if not announced.online(r):
+            return None
+        if announced.reported(r) < self.config.settle_quorum * announced.recent(r):
             return None
         quiet_since = max(closed_at, announced.last_at(r))
         return "settled" if now >= quiet_since + self.config.open_delay_s else None

@@ -35,6 +35,9 @@ INPUTS: tuple[Topic, ...] = (Topic.ROUNDS, Topic.EXPERT_LOAD, Topic.PROFILES)
 # Replay order: round events first, so the load and the profiles meet the rounds they follow;
 # then the assignments, only to learn which devices of the open round got theirs.
 REPLAYED: tuple[Topic, ...] = (*INPUTS, Topic.ASSIGNMENTS)
+# The clock keeps only the latest load and each device's latest profile, and the assignments
+# are read for the open round only (a device's latest): the replay need not hold the rest.
+LATEST_PER_KEY: tuple[Topic, ...] = (Topic.EXPERT_LOAD, Topic.PROFILES, Topic.ASSIGNMENTS)
 _ACCEPTS: dict[Topic, tuple[type[Message], ...]] = {
     Topic.ROUNDS: (RoundOpened, PartClosed, RoundClosed),
     Topic.EXPERT_LOAD: (ExpertLoad,),

@@ -46,6 +46,12 @@ class MatcherSettings:
         "hold the next round until the load monitor's ExpertLoad of the closed round arrived "
         "(bounded by max_wait_s)",
     )
+    settle_quorum: float = setting(
+        "FEDMOE_MATCHER_SETTLE_QUORUM",
+        0.5,
+        "the 'settled' rule opens the next round only once this share of the devices that "
+        "reported for one of the last three rounds reported for it (0 = off)",
+    )
     group_id: str = setting(
         "FEDMOE_MATCHER_GROUP_ID", "matcher", "Kafka consumer group (run one matcher only)"
     )
@@ -66,6 +72,8 @@ class MatcherSettings:
             raise SettingsError("FEDMOE_MATCHER_GRACE_S and _OPEN_DELAY_S must be >= 0")
         if self.max_wait_s < self.open_delay_s:
             raise SettingsError("FEDMOE_MATCHER_MAX_WAIT_S must be >= FEDMOE_MATCHER_OPEN_DELAY_S")
+        if not 0.0 <= self.settle_quorum <= 1.0:
+            raise SettingsError("FEDMOE_MATCHER_SETTLE_QUORUM must be in [0, 1]")
         if not self.group_id:
             raise SettingsError("FEDMOE_MATCHER_GROUP_ID must not be empty")
         if not self.replay_timeout_s > 0:

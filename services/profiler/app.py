@@ -166,9 +166,13 @@ class ProfilerHandler:
 
 
 async def read_changelog(broker: BrokerSettings, timeout_s: float) -> list[ProfileSnapshot]:
-    """Every ProfileSnapshot on `profiles`, in per-partition order."""
+    """Each device's latest ProfileSnapshot on `profiles` (the topic is keyed by device)."""
     replay = await replay_topics(
-        broker, [Topic.PROFILES], timeout_s=timeout_s, client_id=f"{NAME}-replay"
+        broker,
+        [Topic.PROFILES],
+        timeout_s=timeout_s,
+        client_id=f"{NAME}-replay",
+        latest_per_key=[Topic.PROFILES],
     )
     return [r.message for r in replay.records if isinstance(r.message, ProfileSnapshot)]
 

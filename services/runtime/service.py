@@ -32,7 +32,7 @@ from fedmoe.signals import stop_on_signals
 from schemas.topics import Topic
 from services.handler import Handler
 from services.metrics import ServiceMetrics, log_periodically, prometheus_registry
-from services.runtime.http import MetricsServer
+from services.runtime.http import MetricsServer, Readiness
 from services.runtime.loop import ConsumeLoop
 from services.runtime.settings import RuntimeSettings
 
@@ -58,6 +58,7 @@ class ServiceRuntime:
         consumer_factory: builds the consumer; by default a `KafkaConsumer`.
         metrics: counters to add to (by default a new `ServiceMetrics(name)`).
         clock: wall clock for ticks and dead letters.
+        also_ready: a further readiness condition for `/readyz` (`ready`).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class ServiceRuntime:
         consumer_factory: ConsumerFactory | None = None,
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        also_ready: Readiness | None = None,
     ) -> None:
         if not inputs:
             raise ValueError("ServiceRuntime needs at least one input topic")
@@ -88,11 +90,20 @@ class ServiceRuntime:
         self._consumer_factory = consumer_factory or self._kafka_consumer
         self.metrics = metrics if metrics is not None else ServiceMetrics(name)
         self._clock = clock
+        self._also_ready = also_ready
         self._loop: ConsumeLoop | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stack: AsyncExitStack | None = None
         self._done = asyncio.Event()
         self.metrics_server: MetricsServer | None = None  # when FEDMOE_METRICS_PORT is set
+
+    def ready(self) -> tuple[bool, str]:
+        """`/readyz`: consuming and caught up, and whatever `also_ready` adds (the gateway's
+        MQTT session)."""
+        ready, why = self.metrics.ready(self.settings.ready_max_lag)
+        if ready and self._also_ready is not None:
+            return self._also_ready()
+        return ready, why
 
     def _kafka_consumer(
         self, topics: Sequence[str], group_id: str, listener: RebalanceListener
@@ -135,7 +146,7 @@ class ServiceRuntime:
                 self.metrics_server = await stack.enter_async_context(
                     MetricsServer(
                         prometheus_registry(self.metrics),
-                        lambda: self.metrics.ready(self.settings.ready_max_lag),
+                        self.ready,
                         host=self.settings.metrics_host,
                         port=self.settings.metrics_port,
                     )

@@ -16,6 +16,7 @@ import aiomqtt
 import numpy as np
 import pytest
 
+from brokers._process import free_port
 from brokers.kafka import KafkaProducer, RecordAck
 from brokers.mqtt import MqttSession, mqtt_client
 from brokers.settings import BrokerSettings
@@ -408,3 +409,50 @@ async def test_a_live_retained_device_publish_is_refused_through_the_share_group
     assert gateway.notes["retained_rejected"] == 1
     async with mqtt_client(broker, client_id=f"clean-{broker.namespace}", persistent=False) as c:
         await c.publish(table.mqtt(MqttTopic.UPDATE, device="dev-1"), b"", qos=1, retain=True)
+
+
+async def _readyz(port: int) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body.strip()
+
+
+async def _readyz_until(port: int, status: int, timeout_s: float) -> str:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            got, why = await _readyz(port)
+            if got == status:
+                return why
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(120)
+async def test_readyz_is_not_ready_while_the_mqtt_session_is_down(broker: BrokerSettings) -> None:
+    """Kafka alone is half a gateway: `/readyz` answers 503 while MQTT is unreachable, though
+    the egress consumer polls, and 200 once a gateway has its MQTT session."""
+    settings = GatewaySettings(client_id=f"gw-{broker.namespace}", group_id="gw-egress")
+    nowhere = dataclasses.replace(broker, mqtt_url=f"mqtt://127.0.0.1:{free_port()}")
+    port = free_port()
+    runtime = RuntimeSettings(poll_timeout_s=0.2, session_timeout_s=6.0, metrics_port=port)
+    async with Gateway(nowhere, settings, runtime) as gateway:
+        why = await _readyz_until(port, 503, 30)
+        async with asyncio.timeout(30):
+            while "MQTT" not in why:  # first "no poll answered yet", then the MQTT reason
+                _, why = await _readyz(port)
+                await asyncio.sleep(0.2)
+        assert why == "MQTT session not connected"
+        assert gateway.metrics.ready(runtime.ready_max_lag)[0]  # Kafka's side is ready
+        gateway.stop()
+        await asyncio.wait_for(gateway.wait(), 30)
+    port = free_port()
+    runtime = dataclasses.replace(runtime, metrics_port=port)
+    async with Gateway(broker, settings, runtime) as gateway:
+        await asyncio.wait_for(gateway.connected.wait(), 30)
+        assert await _readyz_until(port, 200, 30) == "ready"
+        gateway.stop()
+        await asyncio.wait_for(gateway.wait(), 30)

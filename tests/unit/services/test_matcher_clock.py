@@ -237,6 +237,43 @@ def test_the_next_round_opens_when_reports_settled() -> None:
     assert opened.devices <= 1  # device 1 announced itself offline
 
 
+def test_settled_waits_for_a_quorum_of_the_recent_reporters() -> None:
+    # Six devices reported for round 1; two report for round 2 and then a pause longer than
+    # open_delay_s: 2 of 6 is under the quorum, so round 2 waits for more reports.
+    clock = make_clock(fleet_size=0, wait_for_load=False, settle_quorum=0.5)
+    closed_at = run_genesis(clock)
+    for i in range(6):
+        clock.apply(snapshot(i, 1), at=closed_at)
+    out = clock.advance(closed_at + 1.0)
+    assert clock.last_opening == "settled: 6 candidates"
+    opened = of_type(out, RoundOpened)[0].message
+    clock.apply(opened, at=closed_at + 1.0)
+    close_all(clock, 1)
+    t = closed_at + 2.0
+    assert of_type(clock.advance(t), RoundClosed)
+    for i in range(2):
+        clock.apply(snapshot(i, 2), at=t)
+    assert clock.advance(t + 5.0) == []  # 2 of the 6 recent reporters: wait
+    clock.apply(snapshot(2, 2), at=t + 5.0)
+    assert clock.advance(t + 5.4) == []  # 3 of 6 is the quorum, but not quiet yet
+    assert of_type(clock.advance(t + 5.6), RoundOpened)
+    assert clock.last_opening == "settled: 3 candidates"
+
+
+def test_max_wait_counts_from_a_restart_not_from_the_replayed_close() -> None:
+    first = make_clock()
+    closed_at = run_genesis(first)
+    second = make_clock(wait_for_load=False)
+    assert first.closed is not None
+    second.apply(first.closed, at=0.0)
+    restart = closed_at + 100.0  # long after max_wait of the replayed close
+    second.resume(set(), now=restart)
+    assert second.advance(restart + 1.0) == []
+    assert second.advance(restart + 29.9) == []
+    assert of_type(second.advance(restart + 30.0), RoundOpened)
+    assert second.last_opening == "max-wait: 0 candidates"
+
+
 def test_max_wait_opens_a_round_even_without_candidates() -> None:
     clock = make_clock(max_wait_s=8.0)
     closed_at = run_genesis(clock)

@@ -167,6 +167,24 @@ def test_memory_not_judged_on_too_short_a_span() -> None:
     assert inv.summary()["rss_bounded"]["checked"] == 0
 
 
+def test_memory_judged_only_on_incarnations_that_lived_long_enough() -> None:
+    # Short incarnations (restarted every 40 s) each climb steeply while they fill up: not
+    # judged, even though together they span far more than rss_min_span_s (50 s here).
+    ramps = [
+        RssSample(float(start + t), "gateway", start, 100.0 + t)
+        for start in range(0, 400, 40)
+        for t in range(0, 40, 5)
+    ]
+    inv = run(ramps, end=400.0)
+    assert inv.violations == []
+    assert inv.summary()["rss_bounded"]["checked"] == 0
+    # One incarnation that lived 70 s past its warm-up and kept climbing is judged.
+    long_leak = [RssSample(float(400 + t), "gateway", 400, 100.0 + t) for t in range(0, 81, 5)]
+    inv = run(ramps + long_leak, end=481.0)
+    assert names(inv) == ["rss_bounded"]
+    assert inv.violations[0].evidence["span_s"] >= 50.0  # judged once it had lived that long
+
+
 def test_mosquitto_drops() -> None:
     assert run([Dropped(5.0, 0), Dropped(10.0, 0)], end=11.0).violations == []
     inv = run([Dropped(5.0, 0), Dropped(10.0, 4), Dropped(15.0, 4), Dropped(20.0, 9)], end=21)
@@ -186,3 +204,5 @@ def test_slope_has_one_intercept_per_incarnation() -> None:
     assert rss_slope(climb, warmup_s=30.0).mb_per_hour == pytest.approx(0.0)
     assert rss_slope(climb, warmup_s=0.0).mb_per_hour > 0
     assert rss_slope([], warmup_s=0.0).samples == 0
+    # An incarnation shorter than min_span_s after warm-up adds nothing.
+    assert rss_slope(climb, warmup_s=30.0, min_span_s=200.0).samples == 0
