@@ -6,7 +6,10 @@ For each part size (64 KB to 256 MB of float32 weights) it times, on one core:
 
 - `fold`: what the aggregator does per update, end to end: decode the `PartUpdate` record
   (the codec, zero-copy tensors), validate it against the part's layout (structure, dtype,
-  finiteness) and fold it into the rule's streaming accumulator; GB/s of update bytes;
+  finiteness) and fold it into the rule's streaming accumulator; GB/s of update bytes. Under
+  `clipped-fedavg` it also measures each delta's norm before the fold (`PartAccumulator.check`,
+  the aggregator's outlier rule) and clips at the median norm (about half the updates), as
+  the rule does once the part has a history;
 - `ceiling`: numpy's in-place `a += w * b` over the same arrays (`np.multiply(b, w, out=tmp)`,
   `np.add(a, tmp, out=a)`: two passes, no allocation), the memory-bandwidth bound of any
   weighted fold written in numpy.
@@ -35,8 +38,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from moe.aggregation.base import AggregationRule, PartAccumulator
+from moe.aggregation.clipping import ClippedFedAvg
 from moe.aggregation.registry import make_rule
-from moe.aggregation.validation import layout_of, validate_update
+from moe.aggregation.validation import check_weight
 from schemas.codec import decode_as, encode
 from schemas.limits import MAX_MESSAGE_BYTES, MAX_TENSOR_ELEMENTS
 from schemas.messages import PartPayload, PartUpdate
@@ -101,13 +106,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _start(rule: AggregationRule, base: Tensors, bound: float | None) -> PartAccumulator:
+    if isinstance(rule, ClippedFedAvg):
+        return rule.start_clipped(base, bound)
+    return rule.start(base)
+
+
 def measure(
     nbytes: int, updates: int, repeats: int, rule_name: str, seed: int
 ) -> list[dict[str, Any]]:
     """The `fold` and `ceiling` lines of one part size."""
     rng = np.random.default_rng(seed)
     base = part_tensors(nbytes, rng)
-    layout = layout_of(base)
     rule = make_rule(rule_name)
     as_message = nbytes + _ENVELOPE_BYTES <= MAX_MESSAGE_BYTES
     # Updates on the wire: whole records where they fit, else each tensor's wire form.
@@ -115,6 +125,11 @@ def measure(
         {name: (array + rng.standard_normal(1, dtype=np.float32)) for name, array in base.items()}
         for _ in range(updates)
     ]
+    clipping = isinstance(rule, ClippedFedAvg)
+    bound = None
+    if clipping:
+        norms = sorted(rule.start(base).check("probe", t).norm for t in sources)
+        bound = norms[len(norms) // 2]
     if as_message:
         records = [encode_update(t, i) for i, t in enumerate(sources)]
     else:
@@ -124,7 +139,7 @@ def measure(
     state: dict[str, Any] = {}
 
     def fold() -> None:
-        acc = rule.start(base)
+        acc = _start(rule, base, bound)
         for i in range(updates):
             if as_message:
                 msg = decode_as(records[i], PartUpdate)
@@ -133,8 +148,9 @@ def measure(
             else:
                 tensors = {name: unpack_tensor(data) for name, data in wire[i].items()}
                 weight = float(100 + i)
-            w = validate_update("expert-0", tensors, layout, weight)
-            acc.add(f"u{i}", tensors, w)
+            w = check_weight(weight)
+            # As the aggregator: a rule that keeps a norm history measures first, then folds.
+            acc.add(f"u{i}", acc.check(f"u{i}", tensors) if clipping else tensors, w)
         state["result"] = acc.result()
         state["acc_mb"] = acc.nbytes / MB
 

@@ -69,7 +69,6 @@ from moe.aggregation.registry import rule_from_plain, rule_to_plain
 from moe.aggregation.validation import (
     VALIDATION_REASONS,
     check_layout,
-    check_tensors,
     check_weight,
 )
 from moe.errors import InvalidArgumentError, UpdateRejected
@@ -516,23 +515,22 @@ class PartAggregator:
         if base_version != self._version:
             reason = "stale" if base_version < self._version else "unknown-version"
             return Verdict("rejected", reason, f"{where}: base {base_version} != {self._version}")
-        norm = None
+        checked = None
         try:
             if cap is not None and check_weight(weight) > cap:
                 return Verdict("rejected", "over-weight", f"{where}: weight {weight} > {cap}")
             if self._history is not None:
-                check_tensors(tensors, self._layout)  # before any arithmetic on them
                 # The delta's norm before clipping: the next rounds' bounds come from these.
-                norm = _distance(tensors, self._weights)
+                checked = self._accumulator.check(device_id, tensors)
                 limit = self._outlier_limit()
-                if limit is not None and norm > limit:
-                    detail = f"{where}: delta norm {norm:.4g} > {limit:.4g}"
+                if limit is not None and checked.norm > limit:
+                    detail = f"{where}: delta norm {checked.norm:.4g} > {limit:.4g}"
                     return Verdict("rejected", "outlier-norm", detail)
-            self._accumulator.add(device_id, tensors, weight)
+            self._accumulator.add(device_id, checked or tensors, weight)
         except UpdateRejected as exc:
             return Verdict("rejected", exc.reason, f"{where}: {exc.detail}")
-        if norm is not None:
-            self._round_norms.append(norm)
+        if checked is not None:
+            self._round_norms.append(checked.norm)
         self._ledger.record(key)
         return Verdict("applied", "", where)
 

@@ -10,7 +10,10 @@ Shared semantics, enforced here so that every rule behaves the same:
 
 - `add` validates the update against the base's layout and refuses it with
   `moe.errors.UpdateRejected` *before* changing any state, so a refused update leaves the
-  accumulator exactly as it was.
+  accumulator exactly as it was. A caller that needs the delta's norm before deciding (the
+  aggregator's outlier rule) calls `check` first and passes its `CheckedTensors` to `add`,
+  which then neither validates nor measures again: each pass over a large part costs as much
+  as the fold itself.
 - A zero weight is valid and has no effect on the result (it is still counted).
 - `result()` is None when nothing with positive weight was added: the caller keeps the base.
 - Accumulators do not deduplicate; the ledger (`moe.aggregation.ledger`) does.
@@ -28,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moe.aggregation.errors import SnapshotError
+from moe.aggregation.kernels import squared_distance
 from moe.aggregation.validation import check_tensors, check_weight, layout_of
 from moe.errors import UpdateRejected
 from moe.tensors import PartTensors, TensorSpec
@@ -47,6 +51,15 @@ class AccumulatorState:
 
     meta: Plain
     arrays: Mapping[str, NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedTensors:
+    """An update's tensors that `PartAccumulator.check` validated against its layout, with the
+    L2 norm of their delta from its base."""
+
+    tensors: PartTensors
+    norm: float
 
 
 class PartAccumulator(ABC):
@@ -84,14 +97,27 @@ class PartAccumulator(ABC):
     def nbytes(self) -> int:
         """Bytes of array state the accumulator holds, not counting the base."""
 
-    def add(self, update_key: str, tensors: PartTensors, weight: float) -> None:
+    def check(self, update_key: str, tensors: PartTensors) -> CheckedTensors:
+        """Validate an update's tensors against the base's layout and measure its delta's norm.
+
+        Raises:
+            UpdateRejected: a validation reason (`wrong-shape`, `non-finite`, ...).
+        """
+        try:
+            check_tensors(tensors, self._layout)  # before any arithmetic on them
+        except UpdateRejected as exc:
+            raise UpdateRejected(exc.reason, f"{update_key}: {exc.detail}") from None
+        squares = sum(squared_distance(tensors[name], self._base[name]) for name in self._layout)
+        return CheckedTensors(tensors, math.sqrt(squares))
+
+    def add(self, update_key: str, tensors: PartTensors | CheckedTensors, weight: float) -> None:
         """Fold one update into the aggregate.
 
         Args:
             update_key: identifies the update in error details (the aggregator passes the
                 device id). Never used to deduplicate.
             tensors: the update's full tensors (not a delta) for every parameter of the part,
-                with the base's shapes and dtypes.
+                with the base's shapes and dtypes; or what `check` returned for them.
             weight: the update's weight, >= 0: samples the device routed to this expert, or
                 its sample count for the shared part. Zero adds nothing but is counted.
 
@@ -100,15 +126,19 @@ class PartAccumulator(ABC):
                 ...) or a rule-specific one (`too-many-updates`); the state is then unchanged.
         """
         value = check_weight(weight)
-        try:
-            check_tensors(tensors, self._layout)
-        except UpdateRejected as exc:
-            raise UpdateRejected(exc.reason, f"{update_key}: {exc.detail}") from None
+        if isinstance(tensors, CheckedTensors):
+            arrays, norm = tensors.tensors, tensors.norm
+        else:
+            try:
+                check_tensors(tensors, self._layout)
+            except UpdateRejected as exc:
+                raise UpdateRejected(exc.reason, f"{update_key}: {exc.detail}") from None
+            arrays, norm = tensors, None
         total = self._total_weight + value
         if not math.isfinite(total):
             raise UpdateRejected("bad-weight", f"{update_key}: total weight overflows")
         if value > 0:
-            self._accumulate(update_key, tensors, value)
+            self._accumulate(update_key, arrays, value, norm)
         self._count += 1
         self._total_weight = total
 
@@ -155,8 +185,11 @@ class PartAccumulator(ABC):
         self._total_weight = float(total)
 
     @abstractmethod
-    def _accumulate(self, update_key: str, tensors: PartTensors, weight: float) -> None:
-        """Fold in a validated update with weight > 0; raise UpdateRejected before any change."""
+    def _accumulate(
+        self, update_key: str, tensors: PartTensors, weight: float, norm: float | None
+    ) -> None:
+        """Fold in a validated update with weight > 0 (`norm`: its delta's L2 norm when
+        already measured); raise UpdateRejected before any change."""
 
     @abstractmethod
     def _result(self) -> dict[str, NDArray[Any]]:

@@ -96,12 +96,15 @@ class FedAvgAccumulator(PartAccumulator):
         """How many updates had their delta scaled down by clipping."""
         return self._clipped
 
-    def _accumulate(self, update_key: str, tensors: PartTensors, weight: float) -> None:
+    def _accumulate(
+        self, update_key: str, tensors: PartTensors, weight: float, norm: float | None
+    ) -> None:
         scale = 1.0
         if self._max_norm is not None:
-            norm = math.sqrt(
-                sum(squared_distance(tensors[name], self._base[name]) for name in self._means)
-            )
+            if norm is None:
+                norm = math.sqrt(
+                    sum(squared_distance(tensors[name], self._base[name]) for name in self._means)
+                )
             if norm > self._max_norm:
                 scale = self._max_norm / norm
                 self._clipped += 1

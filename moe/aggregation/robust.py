@@ -58,7 +58,9 @@ class BufferedAccumulator(PartAccumulator):
         """Bytes of the buffered updates: grows with the update count, up to the bound."""
         return sum(int(a.nbytes) for update in self._updates for a in update.values())
 
-    def _accumulate(self, update_key: str, tensors: PartTensors, weight: float) -> None:
+    def _accumulate(
+        self, update_key: str, tensors: PartTensors, weight: float, norm: float | None
+    ) -> None:
         if len(self._updates) >= self._max_updates:
             raise UpdateRejected(
                 "too-many-updates", f"{update_key}: buffer holds {self._max_updates} updates"

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import stats
 
+import moe.aggregation.base as base_module
+import moe.aggregation.fedavg as fedavg_module
 from moe.aggregation import (
     CoordinateMedian,
     FedAvg,
@@ -226,6 +228,54 @@ def test_clipping_bounds_one_update_to_max_norm() -> None:
     clipped = np.concatenate([(got[n].astype(np.float64) - base[n]).ravel() for n in base])
     cosine = direction @ clipped / (np.linalg.norm(direction) * np.linalg.norm(clipped))
     assert cosine == pytest.approx(1.0, abs=1e-5)
+
+
+def test_checked_tensors_fold_as_the_plain_ones_without_a_second_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = make_base()
+    updates = make_updates(base, 4, 7, scale=3.0)
+    plain = FedAvg(max_norm=1.0).start(base)
+    checked = FedAvg(max_norm=1.0).start(base)
+    measured = [checked.check(f"dev-{i}", u) for i, u in enumerate(updates)]
+    assert [m.norm for m in measured] == pytest.approx([delta_norm(u, base) for u in updates])
+    passes = {"check": 0, "distance": 0}
+
+    def count(name: str, fn: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            passes[name] += 1
+            return fn(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(base_module, "check_tensors", count("check", base_module.check_tensors))
+    monkeypatch.setattr(
+        fedavg_module, "squared_distance", count("distance", fedavg_module.squared_distance)
+    )
+    for i, m in enumerate(measured):
+        checked.add(f"dev-{i}", m, 2.0)
+    assert passes == {"check": 0, "distance": 0}  # checked and measured once, by `check`
+    for i, u in enumerate(updates):
+        plain.add(f"dev-{i}", u, 2.0)
+    assert passes["check"] == 4
+    assert passes["distance"] == 4 * len(base)
+    got, want = checked.result(), plain.result()
+    assert got is not None
+    assert want is not None
+    assert_tensors_close(got, want)
+    assert checked.clipped == plain.clipped == 4  # type: ignore[attr-defined]
+
+
+def test_check_refuses_bad_tensors_with_the_update_key() -> None:
+    base = make_base()
+    accumulator = FedAvg().start(base)
+    (update,) = make_updates(base, 1, 1)
+    update["fc1.bias"] = update["fc1.bias"].copy()
+    update["fc1.bias"][0] = np.nan
+    with pytest.raises(UpdateRejected) as info:
+        accumulator.check("dev-9", update)
+    assert info.value.reason == "non-finite"
+    assert "dev-9" in info.value.detail
 
 
 @pytest.mark.parametrize("seed", range(3))
