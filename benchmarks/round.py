@@ -1,0 +1,208 @@
+"""The bus's own overhead per round, at a given fleet size.
+
+    python -m benchmarks.round [--devices 100,1000] [--rounds 12] [--time-scale 2]
+
+For each fleet size it runs a deployment (embedded brokers, every service as its own process,
+`fedmoe.demo.deployment`) and `fedmoe fleet` with static devices (no jitter, no stragglers, so
+a device's round time is exactly what the scenario says), reads `rounds`, `assignments` and
+`acks` as they are produced, and per round r (the first `--warmup` rounds left out) splits the
+wall time between two openings:
+
+    period(r)    = RoundOpened(r + 1) − RoundOpened(r)
+    own(r)       = max over the devices with an update applied in r of their simulated round
+                   time × time scale (download, compute, upload: the scenario's round time,
+                   which a simulated device waits out from the round's open time)
+    overhead(r)  = period(r) − own(r)                       the bus's part of the round
+    close_lag(r) = RoundClosed(r) − RoundOpened(r) − own(r) last upload → gateway → Kafka →
+                                                            aggregator → PartClosed → matcher
+    open_gap(r)  = RoundOpened(r + 1) − RoundClosed(r)      RoundClosed → devices → telemetry →
+                                                            profiler; load monitor → matcher
+
+A round that closed by its deadline (some assigned update late or lost) is counted apart
+(`deadline_rounds`) and left out of the figures: its length is the deadline, not the bus.
+Every process shares this machine's cores with the simulated fleet, whose devices train for
+real (torch) on the same cores: the figures include that contention.
+
+One JSON line per (devices, figure): `{"benchmark": "round", "figure", "unit", "value",
+"ceiling": null, "ratio": null, "goal", ...params}`: `overhead_median_s`, `overhead_p90_s`,
+`close_lag_median_s`, `open_gap_median_s`, with `rounds` measured and `deadline_rounds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brokers.settings import BrokerSettings
+from clients.world import FleetWorld
+from fedmoe.demo.deployment import deployment
+from fedmoe.demo.processes import fedmoe_argv
+from fedmoe.scenario import ScenarioSettings
+from moe.scenario import build_scenario, device_id
+from schemas.messages import Assignment, RoundClosed, RoundOpened, UpdateAck
+from schemas.topics import Topic
+from services.handler import InboundRecord, Outbound
+from services.runtime import RuntimeSettings, ServiceRuntime
+
+GOALS_S = {100: None, 1000: 0.1, 10000: 1.0}  # the issue's goals for the overhead per round
+
+
+@dataclass
+class RoundLog:
+    """Handler: what the rounds, assignments and acks topics said, per round."""
+
+    opened: dict[int, float] = field(default_factory=dict)
+    closed: dict[int, RoundClosed] = field(default_factory=dict)
+    experts: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    applied: dict[int, set[str]] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, record: InboundRecord) -> Sequence[Outbound]:
+        m = record.message
+        if isinstance(m, RoundOpened):
+            self.opened.setdefault(m.round, m.timestamp)
+        elif isinstance(m, RoundClosed):
+            self.closed.setdefault(m.round, m)
+        elif isinstance(m, Assignment):
+            self.experts.setdefault(m.round, {})[m.device_id] = tuple(m.experts)
+        elif isinstance(m, UpdateAck) and m.status == "applied":
+            self.applied.setdefault(m.round, set()).add(m.device_id)
+        self.changed.set()
+        return ()
+
+
+def _watch(broker: BrokerSettings, log: RoundLog) -> ServiceRuntime:
+    return ServiceRuntime(
+        broker,
+        name="round-benchmark",
+        handler=log,
+        inputs=[Topic.ROUNDS, Topic.ASSIGNMENTS, Topic.ACKS],
+        group_id=f"round-benchmark-{uuid.uuid4().hex[:8]}",
+        settings=RuntimeSettings(
+            auto_offset_reset="earliest", poll_timeout_s=0.1, metrics_interval_s=3600.0
+        ),
+    )
+
+
+def round_figures(
+    log: RoundLog, world: FleetWorld, ids: dict[str, int], warmup: int
+) -> dict[str, Any]:
+    """Per-round overheads (see the module docstring) reduced to medians and a p90."""
+    overhead: list[float] = []
+    close_lag: list[float] = []
+    open_gap: list[float] = []
+    deadline_rounds = 0
+    for r in sorted(log.opened):
+        if r <= warmup or r + 1 not in log.opened or r not in log.closed:
+            continue
+        if log.closed[r].reason == "deadline":
+            deadline_rounds += 1
+            continue
+        applied = log.applied.get(r, set())
+        assigned = log.experts.get(r, {})
+        own = max(
+            (world.round_wall_s(ids[d], assigned[d], r) for d in applied if d in assigned),
+            default=0.0,
+        )
+        opened, closed, following = log.opened[r], log.closed[r].timestamp, log.opened[r + 1]
+        overhead.append(following - opened - own)
+        close_lag.append(closed - opened - own)
+        open_gap.append(following - closed)
+    return {
+        "rounds": len(overhead),
+        "deadline_rounds": deadline_rounds,
+        "overhead_median_s": _median(overhead),
+        "overhead_p90_s": _quantile(overhead, 0.9),
+        "close_lag_median_s": _median(close_lag),
+        "open_gap_median_s": _median(open_gap),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 4)
+
+
+async def measure(
+    devices: int, rounds: int, time_scale: float, fleet_processes: int, warmup: int, out: Path
+) -> dict[str, Any]:
+    """One deployment of `devices` for `rounds` rounds; the figures of `round_figures`."""
+    scenario = ScenarioSettings(devices=devices, static_devices=True, time_scale=time_scale)
+    world = FleetWorld(build_scenario(scenario.config()), time_scale=time_scale)
+    ids = {device_id(i): i for i in range(devices)}
+    log = RoundLog()
+    timeout_s = 120.0 + rounds * (world.deadline_wall_s + 30.0)
+    async with (
+        deployment(out, scenario, os.environ, rounds=rounds) as dep,
+        _watch(dep.broker, log),
+    ):
+        fleet_env = {**dep.env, "FEDMOE_FLEET_PROCESSES": str(fleet_processes)}
+        await dep.group.start("fleet", fedmoe_argv("fleet"), fleet_env)
+        async with asyncio.timeout(timeout_s):
+            while rounds not in log.closed:
+                log.changed.clear()
+                await log.changed.wait()
+        await dep.group.stop("fleet", timeout_s=30.0)
+    return round_figures(log, world, ids, warmup)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.round", description=__doc__)
+    parser.add_argument("--devices", default="100,1000", help="comma-separated fleet sizes")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds per fleet size")
+    parser.add_argument("--warmup", type=int, default=2, help="first rounds left out")
+    parser.add_argument("--time-scale", type=float, default=2.0, help="wall s per simulated s")
+    parser.add_argument(
+        "--devices-per-process", type=int, default=500, help="fleet processes: one per this many"
+    )
+    args = parser.parse_args(argv)
+    for n in (int(x) for x in args.devices.split(",")):
+        processes = max(1, math.ceil(n / args.devices_per_process))
+        with tempfile.TemporaryDirectory(prefix="fedmoe-round-") as tmp:
+            figures = asyncio.run(
+                measure(n, args.rounds, args.time_scale, processes, args.warmup, Path(tmp))
+            )
+        params = {
+            "devices": n,
+            "fleet_processes": processes,
+            "time_scale": args.time_scale,
+            "rounds": figures.pop("rounds"),
+            "deadline_rounds": figures.pop("deadline_rounds"),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        }
+        for figure, value in figures.items():
+            line = {
+                "benchmark": "round",
+                "figure": figure,
+                "unit": "s",
+                "value": value,
+                "ceiling": None,
+                "ratio": None,
+                "goal": GOALS_S.get(n) if figure.startswith("overhead") else None,
+                **params,
+            }
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
