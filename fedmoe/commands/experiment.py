@@ -94,6 +94,12 @@ class ExperimentSettings:
         "FEDMOE_EXPERIMENT_ROUNDS", 0, "rounds per run in every regime (0: the plan's)"
     )
     workers: int = setting("FEDMOE_EXPERIMENT_WORKERS", 2, "worker processes (1: in process)")
+    aggregation: str = setting(
+        "FEDMOE_EXPERIMENT_AGGREGATION",
+        "clipped-fedavg",
+        "aggregation rule of every part in every run: clipped-fedavg (the aggregator's "
+        "default), fedavg, median or trimmed-mean",
+    )
     fitness: str = setting(
         "FEDMOE_EXPERIMENT_FITNESS",
         "",
@@ -161,6 +167,7 @@ class ExperimentSettings:
             regime_rounds={} if self.rounds else per_regime,
             fitness_options=options,
             variants=ablation_variants(fitness_strategy(dict(options))) if self.ablation else {},
+            aggregation=self.aggregation,
         )
 
 
@@ -203,6 +210,7 @@ def run(settings: ExperimentSettings) -> dict[str, Any]:
     summary = summarize(plan, reference, runs)
     summary["wall_seconds"] = time.perf_counter() - started
     summary["workers"] = settings.workers
+    summary["aggregation"] = plan.aggregation
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "runs.json").write_text(json.dumps([_run_record(r) for r in runs]) + "\n")
     if plan.variants:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from moe.aggregation.clipping import ClippedFedAvg
+from moe.aggregation.registry import RULE_NAMES, make_rule
 from moe.data import Regime
 from moe.matching import (
     STRATEGY_NAMES,
@@ -137,6 +139,7 @@ class RunJob:
         fitness_options: overrides of the fitness strategy's tuned configuration
             (`parse_fitness_options`); ignored for the other strategies.
         label: the result's `strategy` (a fitness variant's name); empty: the strategy's.
+        aggregation: the aggregation rule of every part (`moe.aggregation.make_rule` name).
     """
 
     regime: str
@@ -145,6 +148,7 @@ class RunJob:
     rounds: int
     fitness_options: tuple[tuple[str, float], ...] = ()
     label: str = ""
+    aggregation: str = ClippedFedAvg.name
 
     def run(self) -> RunResult:
         """The run's result (single-threaded BLAS: the caller runs jobs side by side)."""
@@ -154,7 +158,8 @@ class RunJob:
             else make_strategy(self.strategy)
         )
         with single_threaded_blas():
-            result = run_simulation(self.config, matcher, self.rounds)
+            rule = make_rule(self.aggregation)
+            result = run_simulation(self.config, matcher, self.rounds, rule=rule)
         return replace(result, regime=self.regime, strategy=self.label or result.strategy)
 
 
@@ -227,6 +232,8 @@ class ExperimentPlan:
         fitness_options: overrides of the fitness strategy's tuned configuration.
         variants: extra fitness variants, run like strategies: name → options merged over
             `fitness_options`; their results carry the name as `strategy`.
+        aggregation: the aggregation rule of every part in every run (the aggregator
+            service's default, `clipped-fedavg`, unless told otherwise).
     """
 
     regimes: tuple[str, ...]
@@ -237,10 +244,13 @@ class ExperimentPlan:
     regime_rounds: Mapping[str, int] = field(default_factory=dict)
     fitness_options: tuple[tuple[str, float], ...] = ()
     variants: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    aggregation: str = ClippedFedAvg.name
 
     def __post_init__(self) -> None:
         if not (self.regimes and self.strategies and self.seeds):
             raise ValueError("an experiment needs at least one regime, strategy and seed")
+        if self.aggregation not in RULE_NAMES:
+            raise ValueError(f"aggregation {self.aggregation!r} not in {sorted(RULE_NAMES)}")
         clash = [v for v in self.variants if v in self.strategies or v in STRATEGY_NAMES]
         if clash:
             raise ValueError(f"fitness variants {clash} clash with strategy names")
@@ -280,7 +290,14 @@ class ExperimentPlan:
     def run_jobs(self) -> list[RunJob]:
         """One federated run per (regime, strategy, seed), then per (regime, variant, seed)."""
         jobs = [
-            RunJob(g, self.config(g, s), name, self.rounds_for(g), self.fitness_options)
+            RunJob(
+                g,
+                self.config(g, s),
+                name,
+                self.rounds_for(g),
+                self.fitness_options,
+                aggregation=self.aggregation,
+            )
             for g in self.regimes
             for name in self.strategies
             for s in self.seeds
@@ -293,6 +310,7 @@ class ExperimentPlan:
                 self.rounds_for(g),
                 self.variant_options(name),
                 label=name,
+                aggregation=self.aggregation,
             )
             for g in self.regimes
             for name in self.variants

@@ -44,6 +44,7 @@ def test_tiny_experiment_writes_the_summary(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["aggregation"] == "clipped-fedavg"  # the aggregator service's default
     assert set(summary["regimes"]) == {"fleet", "label-skew"}
     assert summary["reduction_vs_random"] == summary["regimes"]["fleet"]["reduction_vs_random"]
     assert set(summary["reduction_vs_best_peer"]) == set(summary["regimes"])
@@ -84,6 +85,14 @@ def test_settings_reject_unknown_names() -> None:
     assert set(quick.regimes) == {"fleet", "fleet-large", "label-skew"}
     large = quick.config("fleet-large", 100)
     assert (large.regime, large.num_experts, large.seed) == ("fleet", 32, 100)
+
+
+def test_aggregation_rule_reaches_every_run() -> None:
+    plan = load_settings(ExperimentSettings, {"FEDMOE_EXPERIMENT_AGGREGATION": "fedavg"}).plan()
+    assert plan.aggregation == "fedavg"
+    assert {job.aggregation for job in plan.run_jobs()} == {"fedavg"}
+    with pytest.raises(SettingsError, match="aggregation"):
+        load_settings(ExperimentSettings, {}, aggregation="mean-ish")
 
 
 def test_bad_flag_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
