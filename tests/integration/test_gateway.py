@@ -20,6 +20,7 @@ from brokers._process import free_port
 from brokers.kafka import KafkaProducer, RecordAck
 from brokers.mqtt import MqttSession, mqtt_client
 from brokers.settings import BrokerSettings
+from fedmoe.soak.watch import http_get
 from schemas import (
     Assignment,
     DeadLetter,
@@ -412,14 +413,8 @@ async def test_a_live_retained_device_publish_is_refused_through_the_share_group
 
 
 async def _readyz(port: int) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    async with asyncio.timeout(5):
-        data = await reader.read()
-    writer.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body.strip()
+    status, body = await http_get("127.0.0.1", port, "/readyz", 5.0)
+    return status, body.strip()
 
 
 async def _readyz_until(port: int, status: int, timeout_s: float) -> str:
