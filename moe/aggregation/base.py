@@ -107,8 +107,13 @@ class PartAccumulator(ABC):
             check_tensors(tensors, self._layout)  # before any arithmetic on them
         except UpdateRejected as exc:
             raise UpdateRejected(exc.reason, f"{update_key}: {exc.detail}") from None
-        squares = sum(squared_distance(tensors[name], self._base[name]) for name in self._layout)
-        return CheckedTensors(tensors, math.sqrt(squares))
+        return CheckedTensors(tensors, self._delta_norm(tensors))
+
+    def _delta_norm(self, tensors: PartTensors) -> float:
+        """L2 norm of `tensors` − the base over every parameter (validated tensors only)."""
+        return math.sqrt(
+            sum(squared_distance(tensors[name], self._base[name]) for name in self._layout)
+        )
 
     def add(self, update_key: str, tensors: PartTensors | CheckedTensors, weight: float) -> None:
         """Fold one update into the aggregate.

@@ -31,7 +31,7 @@ from moe.aggregation.base import (
     check_state_array,
 )
 from moe.aggregation.errors import SnapshotError
-from moe.aggregation.kernels import fold_into_mean, squared_distance
+from moe.aggregation.kernels import fold_into_mean
 from moe.errors import InvalidArgumentError
 from moe.tensors import PartTensors
 
@@ -102,9 +102,7 @@ class FedAvgAccumulator(PartAccumulator):
         scale = 1.0
         if self._max_norm is not None:
             if norm is None:
-                norm = math.sqrt(
-                    sum(squared_distance(tensors[name], self._base[name]) for name in self._means)
-                )
+                norm = self._delta_norm(tensors)
             if norm > self._max_norm:
                 scale = self._max_norm / norm
                 self._clipped += 1
