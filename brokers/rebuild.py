@@ -8,6 +8,9 @@ partition itself, notes the end offsets at the start and stops when it reached a
 records produced meanwhile are left to the group consumer that starts afterwards.
 
 Records that do not decode are skipped and counted (they were dead-lettered when first read).
+A message sent as chunks (`schemas.chunks`) is returned whole, at the offset of its last chunk;
+one whose chunks do not all lie before the end is left to the group consumer (which resumes at
+its first chunk: the runtime never commits past one).
 
 A topic named in `latest_per_key` is reduced as it is read to the last record of each key (per
 partition): what a fold that keeps only each key's latest value needs (a device's latest
@@ -26,8 +29,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from brokers.kafka import MAX_RECORD_BYTES, _stop_quietly, kafka_errors
 from brokers.settings import BrokerSettings
 from schemas import decode
+from schemas.chunks import Reassembler
 from schemas.errors import SchemaError
-from schemas.messages import Message
+from schemas.messages import Message, MessageChunk
 from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -92,13 +96,19 @@ async def replay_topics(
     records: list[ReplayedRecord] = []
     latest: dict[tuple[str, int, bytes], ConsumerRecord[bytes, bytes]] = {}
     skipped = 0
+    chunks = Reassembler()
 
     def keep(r: ConsumerRecord[bytes, bytes]) -> None:
         nonlocal skipped
         try:
-            message = decode(r.value or b"")
+            message: Message | None = decode(r.value or b"")
+            if isinstance(message, MessageChunk):
+                assembled = chunks.add(message, 0.0)
+                message = None if assembled is None else assembled.message
         except SchemaError:
             skipped += 1
+            return
+        if message is None:
             return
         records.append(
             ReplayedRecord(r.topic, r.partition, r.offset, r.key, r.timestamp or 0, message)
@@ -145,6 +155,7 @@ async def replay_topics(
         await _stop_quietly(consumer, broker.request_timeout_s, "replay consumer")
     for r in latest.values():
         keep(r)
+    chunks.close()
     if skipped:
         log.warning("replay of %s skipped %d undecodable records", names, skipped)
     records.sort(key=lambda r: (r.topic, r.partition, r.offset))

@@ -37,13 +37,13 @@ from typing import Any
 
 from brokers.errors import BrokerError
 from brokers.settings import BrokerSettings
-from clients.inbound import Drop, GateRow, Inbound, InboundFilter
+from clients.inbound import ChunkHeld, Drop, GateRow, Inbound, InboundFilter
 from clients.link import DeviceLink
 from clients.model_store import ModelStore, Offer, Readiness
 from clients.rounds import RoundBook, Take
 from clients.settings import FleetSettings
 from clients.stats import DeviceStats, Event, Received
-from clients.uploads import AckEffect, PendingUpdate, build_update
+from clients.uploads import AckEffect, PendingUpdate, build_update, update_payloads
 from clients.world import FleetWorld, status
 from moe.parts import SHARED, expert_part_id, part_ids
 from moe.scenario import device_id
@@ -98,7 +98,7 @@ class DeviceAgent:
         self._experts = [p for p in part_ids(self._scenario.model) if p != SHARED]
         self._store = ModelStore()  # whole parts: `shared` and the experts assigned
         self._gates = ModelStore()  # every expert's gate row
-        self._listeners: Counter[str] = Counter()  # rounds of work waiting per part topic
+        self._listeners: Counter[str] = Counter()  # rounds of work waiting per part
         self._model_changed = asyncio.Condition()
         self._rounds = RoundBook()
         # (round, online, reason) of the latest status: republished on reconnect, in the will.
@@ -263,7 +263,7 @@ class DeviceAgent:
     # -- inputs ------------------------------------------------------------------------------
 
     async def _handle(self, topic: str, payload: bytes) -> None:
-        item = self._filter.classify(topic, payload)
+        item = self._filter.classify(topic, payload, time.monotonic())
         self.stats.received(_carried(item), len(payload))
         if isinstance(item, Drop):
             self.stats.dropped(item.reason)
@@ -408,17 +408,19 @@ class DeviceAgent:
     async def _round_of_work(self, assignment: Assignment, started: float) -> None:
         experts = list(assignment.experts)
         assigned = [expert_part_id(e) for e in experts]
-        topics = [self._filter.part_topic(part) for part in assigned]
-        for topic in topics:  # the retained version comes with the subscription
-            self._listeners[topic] += 1
-            await self._link.subscribe(topic)
+        for part in assigned:  # the retained version comes with the subscription
+            self._listeners[part] += 1
+            for topic in self._filter.part_topics(part):
+                await self._link.subscribe(topic)
         try:
             parts = await self._wait_parts(assignment.model_versions, [SHARED, *assigned])
         finally:
-            for topic in topics:
-                self._listeners[topic] -= 1
-                if not self._listeners[topic]:  # no other round of work waits on it
-                    await self._link.unsubscribe(topic)
+            for part in assigned:
+                self._listeners[part] -= 1
+                if not self._listeners[part]:  # no other round of work waits on it
+                    for topic in self._filter.part_topics(part):
+                        await self._link.unsubscribe(topic)
+                    self._store.forget([part])
         if parts is None:
             return
         result = self._world.train(self.index, assignment, parts)
@@ -434,7 +436,7 @@ class DeviceAgent:
             train_seconds=self._scenario.round_time_s(self.index, experts, assignment.round),
             timestamp=self._clock(),
         )
-        await self._upload(PendingUpdate(update, encode(update)))
+        await self._upload(PendingUpdate(update, update_payloads(update)))
 
     async def _upload(self, pending: PendingUpdate) -> None:
         """Send until every part has a final ack; resend (same bytes) every resend_s."""
@@ -445,9 +447,7 @@ class DeviceAgent:
         resend_s = self._settings.resend_s
         try:
             for _ in range(1 + self._settings.max_resends):
-                if await self._publish(
-                    self._update_topic, pending.payload, retain=False, within_s=resend_s
-                ):
+                if await self._publish_all(pending.payloads, within_s=resend_s):
                     if pending.record_send():
                         self.stats.sent.update((uid, part) for part in pending.parts)
                     else:
@@ -464,6 +464,15 @@ class DeviceAgent:
             self._pending.pop(uid, None)
             self._acked.pop(uid, None)
 
+    async def _publish_all(self, payloads: tuple[bytes, ...], *, within_s: float) -> bool:
+        """Publish an update's payloads in order; False at the first that failed."""
+        for payload in payloads:
+            if not await self._publish(
+                self._update_topic, payload, retain=False, within_s=within_s
+            ):
+                return False
+        return True
+
     async def _drop_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self.drop_connection(self._settings.reconnect_s)
@@ -472,7 +481,7 @@ class DeviceAgent:
 def _carried(item: Inbound | Drop) -> Received:
     if isinstance(item, Drop):
         return Received.DROPPED
-    if isinstance(item, PartVersion):
+    if isinstance(item, PartVersion | ChunkHeld):
         return Received.MODEL
     if isinstance(item, GateRow):
         return Received.GATE

@@ -3,6 +3,9 @@
     {root}/round                 RoundClosed   (retained: the latest closed round)
     {root}/model/{part}          PartVersion   (retained), part of this model, layout checked;
                                  `shared` always, an expert's only while it is assigned
+    {root}/model/{part}/{i}      MessageChunk  (retained) chunk i of a PartVersion too large for
+                                 one message: held until the whole came (`ChunkHeld`), then
+                                 verified, decoded and checked as one
     {root}/gate/{part}           GateRow       (retained) an expert part's gate row, checked
     {root}/{device}/assignment   Assignment    for this device, experts of this model
     {root}/{device}/ack          UpdateAck     for this device, a part of this model
@@ -23,11 +26,14 @@ from moe.model import MoEConfig
 from moe.parts import SHARED, check_part, expert_part_id, model_layout
 from moe.tensors import PartLayout
 from schemas import decode
+from schemas.chunks import Budget, Reassembler
 from schemas.errors import SchemaError
+from schemas.limits import MAX_ASSEMBLED_BYTES
 from schemas.messages import (
     GATE_TENSORS,
     Assignment,
     Message,
+    MessageChunk,
     PartVersion,
     RoundClosed,
     UpdateAck,
@@ -42,7 +48,17 @@ class GateRow:
     version: PartVersion
 
 
-Inbound = RoundClosed | PartVersion | GateRow | Assignment | UpdateAck
+@dataclass(frozen=True, slots=True)
+class ChunkHeld:
+    """A chunk of a large part version, kept until the rest of it comes."""
+
+    part: str
+
+
+Inbound = RoundClosed | PartVersion | GateRow | Assignment | UpdateAck | ChunkHeld
+
+# A device reassembles only the parts it listens to (shared and its assigned experts).
+_DEVICE_CHUNKS = Budget(max_wholes=16, max_bytes=2 * MAX_ASSEMBLED_BYTES, max_age_s=600.0)
 
 
 class DropReason(StrEnum):
@@ -83,22 +99,24 @@ class InboundFilter:
         self._gate_prefix = table.mqtt(MqttTopic.GATE, part="")
         self._assignment = table.mqtt(MqttTopic.ASSIGNMENT, device=device)
         self._ack = table.mqtt(MqttTopic.ACK, device=device)
-        # What every device always listens to; an assigned expert's `model` topic is added
-        # for the round (`part_topic`).
+        self._chunks = Reassembler(_DEVICE_CHUNKS)
+        # What every device always listens to; an assigned expert's `model` topics are added
+        # for the round (`part_topics`).
         self.subscriptions = [
             self._round,
-            self.part_topic(SHARED),
+            *self.part_topics(SHARED),
             table.mqtt(MqttTopic.GATE),
             self._assignment,
             self._ack,
         ]
 
-    def part_topic(self, part: str) -> str:
-        """The retained topic of `part`'s whole versions."""
-        return self._table.mqtt(MqttTopic.MODEL, part=part)
+    def part_topics(self, part: str) -> list[str]:
+        """The retained topics of `part`'s versions: whole, and in chunks (`{topic}/{i}`)."""
+        topic = self._table.mqtt(MqttTopic.MODEL, part=part)
+        return [topic, f"{topic}/+"]
 
-    def classify(self, topic: str, payload: bytes) -> Inbound | Drop:
-        """The message to act on, or why not."""
+    def classify(self, topic: str, payload: bytes, now: float = 0.0) -> Inbound | Drop:
+        """The message to act on, or why not (`now`: the clock, to give up stale chunks)."""
         expected: type[Message]
         part = ""
         layout: Mapping[str, PartLayout] = self._layout
@@ -106,6 +124,8 @@ class InboundFilter:
             expected = RoundClosed
         elif topic.startswith(self._model_prefix):
             expected, part = PartVersion, topic[len(self._model_prefix) :]
+            if "/" in part:
+                return self._chunk(topic, part.split("/", 1)[0], payload, now)
             if part not in self._layout:
                 return Drop(DropReason.UNKNOWN_PART, f"{topic[:80]!r}")
         elif topic.startswith(self._gate_prefix):
@@ -125,6 +145,11 @@ class InboundFilter:
             return Drop(DropReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
         if type(message) is not expected:
             return Drop(DropReason.WRONG_TYPE, f"{type(message).__name__} on {topic[:80]!r}")
+        return self._checked(message, part, layout)
+
+    def _checked(
+        self, message: Message, part: str, layout: Mapping[str, PartLayout]
+    ) -> Inbound | Drop:
         if isinstance(message, RoundClosed):
             return message
         if isinstance(message, PartVersion):
@@ -141,6 +166,23 @@ class InboundFilter:
                 return Drop(DropReason.UNKNOWN_PART, f"ack of {message.part!r}")
             return message
         return Drop(DropReason.WRONG_TYPE, f"{type(message).__name__}")  # not reached
+
+    def _chunk(self, topic: str, part: str, payload: bytes, now: float) -> Inbound | Drop:
+        if part not in self._layout:
+            return Drop(DropReason.UNKNOWN_PART, f"{topic[:80]!r}")
+        self._chunks.expire(now)
+        try:
+            chunk = decode(payload)
+            if not isinstance(chunk, MessageChunk):
+                return Drop(DropReason.WRONG_TYPE, f"{type(chunk).__name__} on {topic[:80]!r}")
+            if chunk.whole_type != PartVersion.TYPE or chunk.key != part:
+                return Drop(DropReason.WRONG_TYPE, f"a chunk of {chunk.whole_type!r} {chunk.key!r}")
+            assembled = self._chunks.add(chunk, now)
+        except SchemaError as exc:
+            return Drop(DropReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
+        if assembled is None:
+            return ChunkHeld(part)
+        return self._checked(assembled.message, part, self._layout)
 
     def _part_version(
         self, message: PartVersion, part: str, layout: Mapping[str, PartLayout]

@@ -50,6 +50,12 @@ class ModelStore:
         self._parts[message.part] = message
         return Offer.NEWER
 
+    def forget(self, parts: Iterable[str]) -> None:
+        """Drop the versions held of `parts` (a large model's expert is megabytes: a device
+        keeps only what it listens to; the retained version returns with the subscription)."""
+        for part in parts:
+            self._parts.pop(part, None)
+
     def versions(self) -> dict[str, int]:
         """The version held of each part."""
         return {part: m.version for part, m in self._parts.items()}

@@ -10,6 +10,10 @@ round after a restart, which gives the same weights (seeded) — is recognised a
 `PendingUpdate` keeps the update until every part got a final `UpdateAck` (applied, duplicate,
 late or rejected, all final: a resend cannot change them); until then it is resent, with the
 same bytes, every `resend_s`, at most `max_resends` times.
+
+An update too large for one message (a large model's experts: `update_payloads`) goes as the
+`PartUpdate`s the gateway would have made of it, each cut into chunks (`schemas.chunks`); the
+gateway forwards every chunk keyed by its part and the aggregator reassembles each part whole.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from enum import StrEnum
 
 from moe.training import LocalResult
 from moe.wire import model_update, update_id
-from schemas.messages import Assignment, ModelUpdate, UpdateAck
+from schemas.chunks import split
+from schemas.codec import encode
+from schemas.limits import MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
+from schemas.messages import Assignment, ModelUpdate, UpdateAck, split_update
 
-__all__ = ["AckEffect", "PendingUpdate", "build_update", "update_id"]
+__all__ = ["AckEffect", "PendingUpdate", "build_update", "update_id", "update_payloads"]
 
 
 def build_update(
@@ -40,6 +47,21 @@ def build_update(
     )
 
 
+def update_payloads(update: ModelUpdate, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[bytes, ...]:
+    """The MQTT payloads of `update`: its encoding when it fits in `max_bytes`, else the chunks
+    of each of its `PartUpdate`s (every part chunked, a small one as one chunk, so the gateway
+    sees one kind of message per update). Raises `SchemaError` for a part over
+    `MAX_ASSEMBLED_BYTES`."""
+    data = encode(update, max_bytes=MAX_ASSEMBLED_BYTES)
+    if len(data) <= max_bytes:
+        return (data,)
+    payloads: list[bytes] = []
+    for part in split_update(update):
+        whole = encode(part, max_bytes=MAX_ASSEMBLED_BYTES)
+        payloads += (encode(c) for c in split(whole, part, key=part.payload.part))
+    return tuple(payloads)
+
+
 class AckEffect(StrEnum):
     """What one `UpdateAck` did to a pending update."""
 
@@ -53,7 +75,7 @@ class PendingUpdate:
     """One update kept until every part is acknowledged (see the module docstring)."""
 
     update: ModelUpdate
-    payload: bytes
+    payloads: tuple[bytes, ...]  # `update_payloads(update)`, sent in order on every (re)send
     sends: int = 0
     statuses: dict[str, str] = field(default_factory=dict)
 

@@ -79,10 +79,8 @@ _UNPACK_OPTIONS: Final[dict[str, Any]] = {
     "use_list": False,
     "ext_hook": _ext_hook,
     "max_str_len": MAX_STR_BYTES,
-    "max_bin_len": MAX_MESSAGE_BYTES,
     "max_array_len": MAX_CONTAINER_LEN,
     "max_map_len": MAX_CONTAINER_LEN,
-    "max_ext_len": MAX_MESSAGE_BYTES,
 }
 
 # --- type-directed conversion ------------------------------------------------------------------
@@ -300,20 +298,22 @@ def _build(
 # --- public API ----------------------------------------------------------------------------------
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Message, *, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """Encodes a message as the msgpack envelope.
 
     Args:
         message: an instance of one of `MESSAGE_TYPES`.
+        max_bytes: the largest encoding allowed: one record's (`MAX_MESSAGE_BYTES`), or a
+            whole that will travel as chunks (`schemas.chunks`, up to `MAX_ASSEMBLED_BYTES`).
 
     Returns:
-        The wire bytes, at most `MAX_MESSAGE_BYTES` long.
+        The wire bytes, at most `max_bytes` long.
 
     Raises:
         UnknownMessageTypeError: `message` is not of a registered message type.
         InvalidFieldError: a field does not have the type its annotation declares.
         TensorError: a tensor's dtype, rank or element count is not allowed.
-        OversizeError: the encoding is larger than `MAX_MESSAGE_BYTES`.
+        OversizeError: the encoding is larger than `max_bytes`.
     """
     cls = type(message)
     if _TYPES.get(getattr(cls, "TYPE", None)) is not cls:  # type: ignore[arg-type]
@@ -327,29 +327,31 @@ def encode(message: Message) -> bytes:
         data: bytes = msgpack.packb(envelope, use_bin_type=True)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidFieldError(f"{name}: cannot encode: {type(exc).__name__}: {exc}") from exc
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise OversizeError(f"{name} encodes to {len(data)} bytes, over {MAX_MESSAGE_BYTES}")
+    if len(data) > max_bytes:
+        raise OversizeError(f"{name} encodes to {len(data)} bytes, over {max_bytes}")
     return data
 
 
-def decode(data: bytes | bytearray | memoryview) -> Message:
+def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Decodes and validates one message.
 
     Args:
         data: the wire bytes (bytes, bytearray or memoryview).
+        max_bytes: the largest input accepted (a whole reassembled from chunks may be larger
+            than one record: `schemas.chunks`).
 
     Returns:
         The message, validated as its constructor validates it. Tensors are read-only arrays.
 
     Raises:
-        OversizeError: more than `MAX_MESSAGE_BYTES`, refused before any decoding.
+        OversizeError: more than `max_bytes`, refused before any decoding.
         MalformedError: not msgpack, trailing bytes, too deep, or not the envelope's shape.
         UnsupportedVersionError: an unknown major schema version.
         UnknownMessageTypeError: an unknown message type.
         InvalidFieldError: a missing, unknown, mistyped or out-of-range field.
         TensorError: a malformed tensor.
     """
-    return _decode(data, None)
+    return _decode(data, None, max_bytes)
 
 
 def decode_as(data: bytes | bytearray | memoryview, cls: type[M]) -> M:
@@ -366,21 +368,21 @@ def decode_as(data: bytes | bytearray | memoryview, cls: type[M]) -> M:
         UnexpectedMessageTypeError: a valid envelope of another message type.
         SchemaError: every other rejection, as `decode`.
     """
-    return typing.cast(M, _decode(data, cls))
+    return typing.cast(M, _decode(data, cls, MAX_MESSAGE_BYTES))
 
 
-def _decode(data: object, expect: type[Message] | None) -> Message:
+def _decode(data: object, expect: type[Message] | None, max_bytes: int) -> Message:
     if isinstance(data, memoryview):
         size = data.nbytes
     elif isinstance(data, bytes | bytearray):
         size = len(data)
     else:
         raise MalformedError(f"expected bytes, got {_tname(data)}")
-    if size > MAX_MESSAGE_BYTES:
-        raise OversizeError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if size > max_bytes:
+        raise OversizeError(f"message of {size} bytes exceeds {max_bytes}")
     if size == 0:
         raise MalformedError("empty message")
-    obj = _unpack(data if isinstance(data, bytes) else bytes(data))
+    obj = _unpack(data if isinstance(data, bytes) else bytes(data), max_bytes)
     _check_depth(obj)
     if type(obj) is not dict:
         raise MalformedError(f"message must be a map (the envelope), got {_tname(obj)}")
@@ -440,11 +442,16 @@ class _Budget:
         return items
 
 
-def _unpack(data: bytes) -> object:
+def _unpack(data: bytes, max_bytes: int) -> object:
     budget = _Budget()
     try:
         return msgpack.unpackb(
-            data, object_pairs_hook=budget.map, list_hook=budget.array, **_UNPACK_OPTIONS
+            data,
+            object_pairs_hook=budget.map,
+            list_hook=budget.array,
+            max_bin_len=max_bytes,
+            max_ext_len=max_bytes,
+            **_UNPACK_OPTIONS,
         )
     except SchemaError:
         raise

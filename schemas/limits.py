@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # whole encoded message; checked before any decoding
+# A message larger than one record travels as `MessageChunk`s (`schemas.chunks`): each carries
+# at most CHUNK_BYTES of the whole encoding, and the reassembled whole is at most
+# MAX_ASSEMBLED_BYTES (a 256 MB part with room to spare).
+CHUNK_BYTES = 4 * 1024 * 1024
+MAX_ASSEMBLED_BYTES = 1024 * 1024 * 1024
+MAX_CHUNKS = MAX_ASSEMBLED_BYTES // (64 * 1024)  # chunks of one whole, at 64 KiB at least
 MAX_DEAD_LETTER_ORIGINAL = 64 * 1024  # bytes of a rejected input kept in its DeadLetter
 MAX_ID_CHARS = 128
 MAX_REASON_CHARS = 256

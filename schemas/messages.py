@@ -17,6 +17,9 @@ import numpy as np
 
 from schemas.errors import InvalidFieldError
 from schemas.limits import (
+    CHUNK_BYTES,
+    MAX_ASSEMBLED_BYTES,
+    MAX_CHUNKS,
     MAX_DEAD_LETTER_ORIGINAL,
     MAX_EXPERTS,
     MAX_ID_CHARS,
@@ -284,6 +287,26 @@ class PartUpdate(Message):
         _check(_is_int(self.num_samples) and self.num_samples >= 0, n, "num_samples >= 0")
 
 
+def split_update(update: ModelUpdate) -> tuple[PartUpdate, ...]:
+    """One `PartUpdate` per part (message id `{update_id}/{part}`): what the gateway produces
+    for the aggregator, and what a device sends in chunks when its update is too large for one
+    message (`schemas.chunks`). Raises `SchemaError`."""
+    total = len(update.parts)
+    return tuple(
+        PartUpdate(
+            message_id=f"{update.message_id}/{part.part}",
+            device_id=update.device_id,
+            round=update.round,
+            timestamp=update.timestamp,
+            update_id=update.message_id,
+            parts_total=total,
+            num_samples=update.num_samples,
+            payload=part,
+        )
+        for part in update.parts
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartVersion(Message):
     """A new global version of one model part (Kafka `model`, key = part id; MQTT retained)."""
@@ -546,6 +569,64 @@ class DeadLetter(Message):
         _check(_text(self.error, MAX_REASON_CHARS), n, "error too long")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageChunk(Message):
+    """Bytes `[index × chunk_bytes, …)` of a message too large for one record.
+
+    The whole is another message's encoding (`schemas.chunks`): `whole_type` its type,
+    `whole_id` its message id, `digest` the SHA-256 of its `whole_bytes` bytes. The envelope's
+    device and round are the whole's; the message id is `{whole_id}#{index}`, so a resent chunk
+    is recognised. `key` is the whole's Kafka key (a part id for updates and model versions):
+    every chunk of a whole goes to the same partition, in order.
+    """
+
+    TYPE: ClassVar[str] = "chunk"
+
+    whole_id: str
+    whole_type: str
+    key: str
+    index: int
+    count: int
+    chunk_bytes: int
+    whole_bytes: int
+    digest: bytes
+    data: bytes
+
+    def _validate_body(self) -> None:
+        n = "MessageChunk"
+        _check(_text(self.whole_id, MAX_ID_CHARS - 8) and bool(self.whole_id), n, "whole_id")
+        _check(_text(self.whole_type, 64) and bool(self.whole_type), n, "whole_type")
+        _check(_text(self.key, MAX_ID_CHARS), n, "key too long")
+        _check(
+            _is_int(self.chunk_bytes) and 0 < self.chunk_bytes <= CHUNK_BYTES,
+            n,
+            f"chunk_bytes must be 1..{CHUNK_BYTES}",
+        )
+        _check(
+            _is_int(self.whole_bytes) and 0 < self.whole_bytes <= MAX_ASSEMBLED_BYTES,
+            n,
+            f"whole_bytes must be 1..{MAX_ASSEMBLED_BYTES}",
+        )
+        expected_count = -(-self.whole_bytes // self.chunk_bytes)
+        _check(
+            _is_int(self.count) and self.count == expected_count and self.count <= MAX_CHUNKS,
+            n,
+            f"count must be ceil(whole_bytes / chunk_bytes) <= {MAX_CHUNKS}",
+        )
+        _check(_is_int(self.index) and 0 <= self.index < self.count, n, "index out of range")
+        _check(self.message_id == f"{self.whole_id}#{self.index}", n, "message_id")
+        _check(isinstance(self.digest, bytes) and len(self.digest) == 32, n, "digest: 32 bytes")
+        _check(isinstance(self.data, bytes), n, "data must be bytes")
+        last = self.whole_bytes - (self.count - 1) * self.chunk_bytes
+        size = last if self.index == self.count - 1 else self.chunk_bytes
+        _check(len(self.data) == size, n, f"chunk {self.index} must hold {size} bytes")
+
+    @property
+    def start(self) -> int:
+        """Where `data` starts in the whole."""
+        return self.index * self.chunk_bytes
+
+
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Telemetry,
     DeviceStatus,
@@ -561,4 +642,5 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     RoundClosed,
     EvalMetrics,
     DeadLetter,
+    MessageChunk,
 )

@@ -24,8 +24,8 @@ from typing import Final
 import msgpack
 import numpy as np
 
-from schemas.errors import OversizeError, TensorError
-from schemas.limits import MAX_MESSAGE_BYTES, MAX_TENSOR_ELEMENTS, MAX_TENSOR_RANK
+from schemas.errors import TensorError
+from schemas.limits import MAX_TENSOR_ELEMENTS, MAX_TENSOR_RANK
 
 TENSOR_EXT_CODE: Final = 1
 TENSOR_FORMAT: Final = 1
@@ -64,7 +64,6 @@ def pack_tensor(array: np.ndarray) -> msgpack.ExtType:
 
     Raises:
         TensorError: not an array, dtype not allowed, rank or element count over the limits.
-        OversizeError: the tensor alone is larger than `MAX_MESSAGE_BYTES`.
     """
     if not isinstance(array, np.ndarray) or isinstance(array, np.ma.MaskedArray):
         raise TensorError(f"tensor must be a numpy.ndarray, got {type(array).__name__}")
@@ -79,8 +78,6 @@ def pack_tensor(array: np.ndarray) -> msgpack.ExtType:
         raise TensorError(f"tensor rank {len(shape)} exceeds {MAX_TENSOR_RANK}")
     if any(d > MAX_TENSOR_ELEMENTS for d in shape) or array.size > MAX_TENSOR_ELEMENTS:
         raise TensorError(f"tensor shape {shape} exceeds {MAX_TENSOR_ELEMENTS} elements")
-    if array.nbytes > MAX_MESSAGE_BYTES:
-        raise OversizeError(f"tensor of {array.nbytes} bytes exceeds {MAX_MESSAGE_BYTES}")
     wire_dtype = DTYPE_CODES[code]
     data = np.asarray(array, dtype=wire_dtype).tobytes(order="C")
     header = bytearray(_header_len(len(shape)))

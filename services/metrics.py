@@ -54,6 +54,8 @@ class Outcome(StrEnum):
     PUBLISHED = "published"  # MQTT publishes completed (gateway egress)
     PUBACKED = "pubacked"  # MQTT PUBACKs sent after Kafka acknowledged (gateway ingress)
     SKIPPED = "skipped"  # valid records a handler has nothing to do with (not dead letters)
+    CHUNKS_HELD = "chunks_held"  # chunks of a large message kept until the rest comes
+    CHUNKS_EXPIRED = "chunks_expired"  # incomplete large messages given up (sender gone)
 
 
 class Latency(StrEnum):

@@ -36,7 +36,11 @@ from brokers.errors import BrokerError
 from brokers.kafka import KafkaProducer, Producer
 from brokers.mqtt import MqttMessage, MqttSession
 from brokers.settings import BrokerSettings
+from schemas import encode
+from schemas.chunks import split
 from schemas.errors import SchemaError
+from schemas.limits import MAX_MESSAGE_BYTES
+from schemas.messages import Message
 from schemas.topics import Topic, TopicTable
 from services.deadletter import dead_letter
 from services.entrypoint import service_main
@@ -106,9 +110,19 @@ class EgressHandler:
             return []
         for publish in decision:
             payload = record.raw if publish.payload is None else publish.payload
-            await self._publisher.publish(publish.topic, payload, qos=1, retain=publish.retain)
-            self._metrics.inc(Outcome.PUBLISHED)
+            for topic, data in _mqtt_payloads(publish.topic, payload, record.message):
+                await self._publisher.publish(topic, data, qos=1, retain=publish.retain)
+                self._metrics.inc(Outcome.PUBLISHED)
         return []
+
+
+def _mqtt_payloads(topic: str, payload: bytes, message: Message) -> list[tuple[str, bytes]]:
+    """`payload` on `topic`, or, when larger than one message, its chunks on `{topic}/{i}`:
+    each chunk on a topic of its own, so every one of them stays retained."""
+    if len(payload) <= MAX_MESSAGE_BYTES:
+        return [(topic, payload)]
+    chunks = split(payload, message, key=topic.rsplit("/", 1)[-1])
+    return [(f"{topic}/{c.index}", encode(c)) for c in chunks]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +207,12 @@ class Ingress:
 
     def _records(self, message: MqttMessage) -> list[EncodedRecord]:
         parsed = parse_device_topic(self._table, message.topic)
+        decision = route_inbound(self._table, message.topic, message.payload)
         if parsed is not None:
             device, kind = parsed
             if self._limiter is not None:
-                admission = self._limiter.admit(device)
+                cost = decision.cost if isinstance(decision, Forward) else 1.0
+                admission = self._limiter.admit(device, cost)
                 if admission is not Admission.PASS:
                     self.notes["rate_limited"] += 1
                     if admission is Admission.DROP:
@@ -207,10 +223,9 @@ class Ingress:
             if retained is not None:
                 self.notes["retained_rejected"] += 1
                 return [self._dead_letter(message, retained)]
-        decision = route_inbound(self._table, message.topic, message.payload)
         if isinstance(decision, Forward):
             try:
-                records = [encode_outbound(o, self._table) for o in decision.outputs]
+                records = [r for o in decision.outputs for r in encode_outbound(o, self._table)]
             except SchemaError as exc:
                 decision_reject = Reject(f"cannot encode: {exc}", type(exc).__name__)
             else:
@@ -236,9 +251,10 @@ class Ingress:
             service=NAME,
             now=self._clock(),
         )
-        return encode_outbound(
+        (record,) = encode_outbound(
             Outbound(self._dead_letter_topic, message.topic, letter), self._table
         )
+        return record
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

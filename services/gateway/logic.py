@@ -8,6 +8,10 @@ topic = device id in the payload), and what to produce for it:
     {root}/{dev}/status     DeviceStatus  → Kafka `telemetry`, key = device id
     {root}/{dev}/update     ModelUpdate   → Kafka `updates`, one PartUpdate per part,
                                             message id f"{update_id}/{part}", key = part id
+                            MessageChunk  → Kafka `updates` as is, key = its part: a chunk of
+                                            one of those PartUpdates, too large for one
+                                            message (`schemas.chunks`); the aggregator's
+                                            runtime reassembles and verifies the whole
 
 Anything else is a `Reject` (→ dead letter) with a reason. A device id mismatch is treated as
 hostile (a device speaking for another) and rejected like garbage. So is a retained publish on
@@ -21,7 +25,9 @@ goes:
 
     assignments  Assignment   → {root}/{device}/assignment   QoS 1
     acks         UpdateAck    → {root}/{device}/ack          QoS 1
-    model        PartVersion  → {root}/model/{part}          QoS 1, retained
+    model        PartVersion  → {root}/model/{part}          QoS 1, retained; one larger than
+                                                             a message as its chunks, each
+                                                             retained on {root}/model/{part}/{i}
                               + {root}/gate/{part}           QoS 1, retained: an expert part's
                                                              gate row alone (`gate_view`)
     rounds       RoundClosed  → {root}/round                 QoS 1, retained (the latest one)
@@ -40,12 +46,15 @@ from schemas.messages import (
     Assignment,
     DeviceStatus,
     Message,
+    MessageChunk,
     ModelUpdate,
     PartUpdate,
     PartVersion,
     RoundClosed,
     Telemetry,
     UpdateAck,
+    split_update,
+    valid_part_id,
 )
 from schemas.topics import RESERVED_DEVICE_IDS, MqttTopic, Topic, TopicTable, valid_segment
 from services.handler import Outbound
@@ -73,12 +82,14 @@ _EXPECTED: dict[InboundKind, type[Message]] = {
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Produce `outputs` (all of them acknowledged before the device's PUBACK)."""
+    """Produce `outputs` (all of them acknowledged before the device's PUBACK); `cost` is
+    what the message is charged in the device's rate limit (a chunk: its share of one)."""
 
     kind: InboundKind
     device: str
     message: Message
     outputs: tuple[Outbound, ...]
+    cost: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,24 +131,6 @@ def check_retained(kind: InboundKind, retain: bool, device: str) -> Reject | Non
     return Reject(f"retained publish on a {kind.value} topic", "RetainedPublish", device)
 
 
-def split_update(update: ModelUpdate) -> tuple[PartUpdate, ...]:
-    """One `PartUpdate` per part (message id `{update_id}/{part}`). Raises `SchemaError`."""
-    total = len(update.parts)
-    return tuple(
-        PartUpdate(
-            message_id=f"{update.message_id}/{part.part}",
-            device_id=update.device_id,
-            round=update.round,
-            timestamp=update.timestamp,
-            update_id=update.message_id,
-            parts_total=total,
-            num_samples=update.num_samples,
-            payload=part,
-        )
-        for part in update.parts
-    )
-
-
 def route_inbound(table: TopicTable, topic: str, payload: bytes) -> Forward | Reject:
     """What to do with one MQTT message from a device (see the module docstring)."""
     parsed = parse_device_topic(table, topic)
@@ -151,6 +144,8 @@ def route_inbound(table: TopicTable, topic: str, payload: bytes) -> Forward | Re
         message = decode(payload)
     except SchemaError as exc:
         return Reject(str(exc), type(exc).__name__, device)
+    if isinstance(message, MessageChunk) and kind is InboundKind.UPDATE:
+        return _update_chunk(kind, device, message)
     expected = _EXPECTED[kind]
     if type(message) is not expected:
         reason = f"{type(message).__name__} on a {kind.value} topic (expected {expected.__name__})"
@@ -166,6 +161,21 @@ def route_inbound(table: TopicTable, topic: str, payload: bytes) -> Forward | Re
         outputs = tuple(Outbound(Topic.UPDATES, p.payload.part, p) for p in parts)
         return Forward(kind, device, message, outputs)
     return Forward(kind, device, message, (Outbound(Topic.TELEMETRY, device, message),))
+
+
+def _update_chunk(kind: InboundKind, device: str, chunk: MessageChunk) -> Forward | Reject:
+    """A chunk of a device's large `PartUpdate`: forwarded keyed by its part, so every chunk
+    of the whole reaches the part's partition in order; the whole is checked when it is."""
+    if chunk.device_id != device:
+        reason = f"device id {chunk.device_id!r} in payload, {device!r} in topic"
+        return Reject(reason, "DeviceMismatch", device)
+    if chunk.whole_type != PartUpdate.TYPE or not valid_part_id(chunk.key):
+        reason = (
+            f"a chunk of a {chunk.whole_type[:64]!r} keyed {chunk.key[:64]!r} on an update topic"
+        )
+        return Reject(reason, "WrongMessageType", device)
+    outputs = (Outbound(Topic.UPDATES, chunk.key, chunk),)
+    return Forward(kind, device, chunk, outputs, cost=1.0 / chunk.count)
 
 
 @dataclass(frozen=True, slots=True)

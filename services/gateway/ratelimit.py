@@ -71,14 +71,14 @@ class TokenBucket:
         """When the bucket was last asked."""
         return self._at
 
-    def take(self, now: float) -> bool:
-        """Take one token at `now`: True when there was one (the message passes)."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Take `cost` tokens at `now`: True when there were (the message passes)."""
         # A clock that steps back adds nothing (and takes nothing) rather than failing.
         elapsed = max(0.0, now - self._at)
         self._at = max(self._at, now)
         self._tokens = min(self._limit.burst, self._tokens + elapsed * self._limit.rate_per_s)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False
 
@@ -103,15 +103,16 @@ class DeviceRateLimiter:
         """Devices with a bucket now."""
         return len(self._buckets)
 
-    def admit(self, device: str) -> Admission:
-        """Charge one message of `device`; see `Admission`."""
+    def admit(self, device: str, cost: float = 1.0) -> Admission:
+        """Charge one message of `device` (`cost` tokens: a chunk of a large update costs its
+        share of one message); see `Admission`."""
         now = self._clock()
         if now - self._last_prune > self._limit.refill_s:
             self.prune(now)
         bucket = self._buckets.get(device)
         if bucket is None:
             bucket = self._buckets[device] = TokenBucket(self._limit, now)
-        if bucket.take(now):
+        if bucket.take(now, cost):
             return Admission.PASS
         self.dropped += 1
         last = self._last_letter.get(device)

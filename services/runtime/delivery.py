@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from brokers.errors import BrokerError
 from brokers.kafka import Producer, RecordAck
-from schemas import encode
+from schemas.chunks import encode_records
 from schemas.topics import Topic, TopicTable
 from services.errors import ServiceFailed
 from services.handler import Outbound
@@ -69,10 +69,14 @@ def _key_bytes(key: str | bytes | None) -> bytes | None:
     return key.encode("utf-8")
 
 
-def encode_outbound(out: Outbound, table: TopicTable) -> EncodedRecord:
-    """Resolve the topic, encode the message and the key. Raises `schemas.SchemaError`."""
+def encode_outbound(out: Outbound, table: TopicTable) -> list[EncodedRecord]:
+    """Resolve the topic, encode the message and the key: one record, or the chunks of a
+    message larger than one record (`schemas.chunks`), all under the same key so they land
+    on one partition in order. Raises `schemas.SchemaError`."""
     topic = table.name(out.topic) if isinstance(out.topic, Topic) else out.topic
-    return EncodedRecord(topic, _key_bytes(out.key), encode(out.message))
+    key = _key_bytes(out.key)
+    text_key = out.key if isinstance(out.key, str) else ""
+    return [EncodedRecord(topic, key, value) for value in encode_records(out.message, key=text_key)]
 
 
 class Delivery:

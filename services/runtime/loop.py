@@ -22,7 +22,10 @@ Guarantees (at-least-once, never lost):
   loop; retries and backoffs are interrupted by it (those inputs are redone after a restart);
 - ticks run in the same task as `handle`, so a handler never sees two calls at once;
 - a handler that is a `PartitionListener` hears of every revoke (after the batch in hand was
-  committed, or the wait for it gave up) and every assignment, under the same lock.
+  committed, or the wait for it gave up) and every assignment, under the same lock;
+- a message that came as chunks (`schemas.chunks`) reaches the handler once, whole, as the
+  record of its last chunk; until then a partition's offsets are committed no further than the
+  first chunk of any whole still incomplete on it, so a restart reads those chunks again.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from brokers.kafka import CommitFailed, ConsumedRecord, Consumer, ConsumerStoppe
 from brokers.kafka import Producer as KafkaProducerProtocol
 from fedmoe.errors import FedMoEError
 from schemas import decode
+from schemas.chunks import Reassembler
 from schemas.errors import SchemaError
-from schemas.messages import Message
+from schemas.messages import Message, MessageChunk
 from schemas.topics import Topic, TopicTable
 from services.deadletter import dead_letter
 from services.errors import InvalidPayload, ServiceFailed
@@ -103,6 +107,7 @@ class ConsumeLoop:
         # nothing is checkpointed or committed while they wait (else a restart would take the
         # redelivered record for a duplicate and the outputs would never be produced).
         self._unsent: list[EncodedRecord] = []
+        self._chunks = Reassembler()
 
     # -- control -----------------------------------------------------------------------------
 
@@ -146,6 +151,8 @@ class ConsumeLoop:
             self._revokes_waiting -= 1
             self._generation += 1
             self._assigned -= partitions
+            for p in partitions:
+                self._chunks.forget((p.topic, p.partition))
             try:
                 if self._partitions is not None:
                     await self._tell(self._partitions.on_partitions_revoked, partitions)
@@ -293,6 +300,10 @@ class ConsumeLoop:
                 log.warning("%s: delivery interrupted mid-batch; outputs kept", self.name)
                 return
             done[Partition(record.topic, record.partition)] = record.offset + 1
+        for partition in done:
+            floor = self._chunks.floor((partition.topic, partition.partition))
+            if floor is not None:
+                done[partition] = min(done[partition], floor)
         if not done:
             return
         if not await delivery.confirm():
@@ -310,8 +321,21 @@ class ConsumeLoop:
 
     async def _handle_record(self, record: ConsumedRecord) -> list[EncodedRecord] | None:
         """The encoded outputs of one record (its dead letter when rejected); None to stop."""
+        raw = record.value
         try:
-            message = decode(record.value)
+            message = decode(raw)
+            if isinstance(message, MessageChunk):
+                self._expire_chunks()
+                assembled = self._chunks.add(
+                    message,
+                    self._clock(),
+                    source=(record.topic, record.partition),
+                    offset=record.offset,
+                )
+                if assembled is None:
+                    self._metrics.inc(Outcome.CHUNKS_HELD)
+                    return []
+                message, raw = assembled.message, assembled.data
         except SchemaError as exc:
             return [self._dead_letter(record, None, str(exc), type(exc).__name__)]
         inbound = InboundRecord(
@@ -320,14 +344,14 @@ class ConsumeLoop:
             offset=record.offset,
             key=record.key,
             message=message,
-            raw=record.value,
+            raw=raw,
             timestamp_ms=record.timestamp_ms,
         )
         attempt = 0
         while True:
             try:
                 outputs = await self._handler.handle(inbound)
-                encoded = [encode_outbound(out, self._table) for out in outputs]
+                encoded = [rec for out in outputs for rec in encode_outbound(out, self._table)]
                 self._metrics.outputs(outputs)
             except InvalidPayload as exc:
                 return [self._dead_letter(record, message, str(exc), type(exc).__name__)]
@@ -363,6 +387,18 @@ class ConsumeLoop:
             self._metrics.inc(Outcome.HANDLED)
             return encoded
 
+    def _expire_chunks(self) -> None:
+        for dropped in self._chunks.expire(self._clock()):
+            self._metrics.inc(Outcome.CHUNKS_EXPIRED)
+            log.warning(
+                "%s: gave up %r of %r: %d of %d chunks came",
+                self.name,
+                dropped.whole_id,
+                dropped.device_id,
+                dropped.received,
+                dropped.count,
+            )
+
     def _dead_letter(
         self, record: ConsumedRecord, message: Message | None, reason: str, error: str
     ) -> EncodedRecord:
@@ -387,7 +423,10 @@ class ConsumeLoop:
             round_=message.round if message is not None else 0,
             now=self._clock(),
         )
-        return encode_outbound(Outbound(self._dead_letter_topic, record.topic, letter), self._table)
+        (encoded,) = encode_outbound(
+            Outbound(self._dead_letter_topic, record.topic, letter), self._table
+        )
+        return encoded
 
     async def _tick(self, ticker: Ticker) -> None:
         self._metrics.inc(Outcome.TICKS)
@@ -395,7 +434,7 @@ class ConsumeLoop:
             return  # no new state while earlier outputs are still out
         try:
             outputs: Sequence[Outbound] = await ticker.on_tick(self._clock())
-            encoded = [encode_outbound(out, self._table) for out in outputs]
+            encoded = [rec for out in outputs for rec in encode_outbound(out, self._table)]
             self._metrics.outputs(outputs)
         except Exception:
             # The next tick tries again; a tick has no input to dead-letter.

@@ -31,11 +31,12 @@ def test_subscriptions_are_the_round_shared_the_gate_rows_and_its_own_topics() -
     assert FILTER.subscriptions == [
         "fleet/round",
         "fleet/model/shared",
+        "fleet/model/shared/+",
         "fleet/gate/+",
         "fleet/dev-00003/assignment",
         "fleet/dev-00003/ack",
     ]
-    assert FILTER.part_topic("expert-2") == "fleet/model/expert-2"
+    assert FILTER.part_topics("expert-2") == ["fleet/model/expert-2", "fleet/model/expert-2/+"]
 
 
 def test_a_gate_row_is_its_parts_gate_tensors_only() -> None:

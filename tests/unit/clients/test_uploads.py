@@ -79,7 +79,7 @@ def test_the_same_round_gives_the_same_update_bytes() -> None:
 
 def test_pending_update_ends_when_every_part_has_a_final_ack() -> None:
     update, _ = _update()
-    pending = PendingUpdate(update, encode(update))
+    pending = PendingUpdate(update, (encode(update),))
     uid = pending.update_id
     assert pending.parts == (SHARED, "expert-0", "expert-2")
     assert pending.record_send() is True  # the first send

@@ -131,6 +131,18 @@ def samples() -> list[schemas.Message]:
         schemas.PartClosed(**ENV, part="expert-0", version=2, applied=3, reason="quorum"),
         schemas.RoundClosed(**ENV, reason="deadline", parts_closed=4),
         schemas.EvalMetrics(**ENV, accuracy=0.8, loss=0.6, model_versions={"shared": 2}),
+        schemas.MessageChunk(
+            **{**ENV, "message_id": "up-1/expert-0#1"},
+            whole_id="up-1/expert-0",
+            whole_type="part-update",
+            key="expert-0",
+            index=1,
+            count=3,
+            chunk_bytes=4,
+            whole_bytes=10,
+            digest=bytes(range(32)),
+            data=b"\x01\x02\x03\x04",
+        ),
         schemas.DeadLetter(
             **ENV,
             source="fedmoe.updates",

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import schemas
+from schemas.chunks import split
 from schemas.limits import MAX_EXPERTS, MAX_ID_CHARS, MAX_REASON_CHARS, MAX_TENSOR_RANK
 from schemas.messages import PENDING_OUTCOMES
 
@@ -120,6 +121,19 @@ def _dead_letter(draw: st.DrawFn) -> schemas.Message:
     return message
 
 
+@st.composite
+def _chunk(draw: st.DrawFn) -> schemas.Message:
+    """One chunk of a random whole, cut by `schemas.chunks.split` at a random chunk size."""
+    whole = draw(st.binary(min_size=1, max_size=512))
+    size = draw(st.integers(1, len(whole)))
+    whole_ids = _message(schemas.DeviceStatus, online=st.booleans(), reason=st.just(""))
+    envelope = draw(whole_ids.filter(lambda m: len(m.message_id) <= MAX_ID_CHARS - 8))
+    chunks = split(
+        whole, envelope, key=draw(st.sampled_from(["", "shared", "expert-7"])), chunk_bytes=size
+    )
+    return draw(st.sampled_from(chunks))
+
+
 STRATEGIES: dict[type[schemas.Message], st.SearchStrategy[schemas.Message]] = {
     schemas.Telemetry: _message(
         schemas.Telemetry,
@@ -219,6 +233,7 @@ STRATEGIES: dict[type[schemas.Message], st.SearchStrategy[schemas.Message]] = {
         schemas.EvalMetrics, accuracy=unit, loss=finite, model_versions=versions
     ),
     schemas.DeadLetter: _dead_letter(),
+    schemas.MessageChunk: _chunk(),
 }
 
 messages = st.sampled_from(list(STRATEGIES)).flatmap(lambda cls: STRATEGIES[cls])

@@ -104,9 +104,22 @@ def test_other_refusals() -> None:
         schemas.pack_tensor(too_many)
     with pytest.raises(schemas.TensorError, match="elements"):
         schemas.pack_tensor(np.zeros((0, 2**33), dtype=np.float32))
-    huge = np.broadcast_to(np.float64(0), (MAX_MESSAGE_BYTES // 8 + 1,))
-    with pytest.raises(schemas.OversizeError):
-        schemas.pack_tensor(huge)
+
+
+def test_a_tensor_over_one_record_packs_and_its_message_needs_a_larger_cap() -> None:
+    # Larger than one record: it travels in a whole that is sent as chunks (schemas.chunks).
+    huge = np.zeros(MAX_MESSAGE_BYTES // 8 + 1, dtype=np.float64)
+    msg = schemas.PartVersion(
+        **ENV, part="shared", version=1, layout_version=1, tensors={"w": huge}
+    )
+    with pytest.raises(schemas.OversizeError, match="over"):
+        schemas.encode(msg)
+    data = schemas.encode(msg, max_bytes=2 * MAX_MESSAGE_BYTES)
+    with pytest.raises(schemas.OversizeError, match="exceeds"):
+        schemas.decode(data)
+    back = schemas.decode(data, max_bytes=len(data))
+    assert isinstance(back, schemas.PartVersion)
+    assert np.array_equal(back.tensors["w"], huge)
 
 
 def test_encode_refuses_bad_tensors_naming_the_field() -> None:
