@@ -31,6 +31,7 @@ from moe.fleet import DEFAULT_DEADLINE_S, DeviceCapability, FleetSpec, make_flee
 from moe.fleet import round_time_s as fleet_round_time_s
 from moe.model import MoEConfig, init_weights
 from moe.parts import Parts, model_layout, part_nbytes
+from moe.presets import SMALL, model_preset
 from moe.profiles import TelemetryReading, capacity_from_memory
 from moe.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, routing_histogram
 
@@ -60,6 +61,8 @@ class ScenarioConfig:
         static_devices: every device is its profile in every round (no jitter, stragglers,
             battery drain or availability drift: `moe.dynamics.STATIC`); off by default,
             where devices vary around their profiles (`moe.dynamics.DynamicsSpec`).
+        model: the model size preset (`moe.presets`): it fixes the experts' width. E and the
+            deadline stay explicit here; the settings layers take their defaults from it.
     """
 
     regime: Regime = "fleet"
@@ -74,10 +77,12 @@ class ScenarioConfig:
     lr: float = DEFAULT_LR
     deadline_s: float = DEFAULT_DEADLINE_S
     static_devices: bool = False
+    model: str = SMALL
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
             raise ValueError(f"unknown regime {self.regime!r}; expected one of {REGIMES}")
+        model_preset(self.model)  # raises on an unknown name
         if self.num_devices < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("num_devices, epochs and batch_size must be >= 1")
         if not (self.deadline_s > 0 and self.lr > 0):
@@ -135,7 +140,11 @@ class Scenario:
         spec = spec if spec is not None else FleetSpec()
         self.config = config
         self.dynamics = STATIC if config.static_devices else DynamicsSpec()
-        self.model = MoEConfig(num_experts=config.num_experts, top_k=config.top_k)
+        self.model = MoEConfig(
+            expert_hidden=model_preset(config.model).expert_hidden,
+            num_experts=config.num_experts,
+            top_k=config.top_k,
+        )
         self.data: FederatedData = make_regime(
             config.regime, config.num_devices, config.seed, config.alpha, config.num_types
         )

@@ -31,6 +31,7 @@ from moe.model import (
     StackedParams,
     backward,
     forward,
+    inference_params,
     init_weights,
     predict,
     stack_parts,
@@ -231,9 +232,7 @@ def train_local(
         rng=np.random.default_rng(seed),
     )
     # One pass after training for the statistics the profiler and aggregator need.
-    act = forward(params, xa, config.top_k)
-    losses, _ = _cross_entropy(act.logits, ya)
-    sel = act.selected_mask()
+    losses, sel = _losses_and_selection(params, xa, ya, config.top_k)
     counts = sel.sum(0)
     loss_sums = (sel * losses[:, None]).sum(0, dtype=np.float64)
     return LocalResult(
@@ -250,6 +249,34 @@ def train_local(
     )
 
 
+# Elements of one (A, samples, expert_hidden) activation array in `_losses_and_selection`:
+# a statistics pass runs `forward` over at most this / (A × expert_hidden) samples at a time
+# (32 MiB per array; `forward` keeps three such). Only the large preset's many wide experts
+# (the centralized reference: 64 × 16,384 per sample) get split; a device's few small or large
+# experts, and the small model's centralized 8 × 64, fit their data in one pass, bit for bit
+# the unsplit result.
+STATS_BLOCK_ELEMENTS = 2**23
+
+
+def _losses_and_selection(
+    params: StackedParams, x: Float32Array, y: NDArray[np.int64], top_k: int
+) -> tuple[Float32Array, NDArray[np.bool_]]:
+    """Per-sample cross-entropy and the (n, A) top-k selection of `forward`, in sample blocks
+    (`STATS_BLOCK_ELEMENTS`) so the dense activations stay bounded."""
+    width = params.w1.shape[0] * params.w1.shape[1]
+    step = max(1, STATS_BLOCK_ELEMENTS // max(width, 1))
+    losses: list[Float32Array] = []
+    selected: list[NDArray[np.bool_]] = []
+    for start in range(0, max(x.shape[0], 1), step):  # an empty x: one empty block
+        act = forward(params, x[start : start + step], top_k)
+        block_losses, _ = _cross_entropy(act.logits, y[start : start + step])
+        losses.append(block_losses)
+        selected.append(act.selected_mask())
+    if len(losses) == 1:
+        return losses[0], selected[0]
+    return np.concatenate(losses), np.concatenate(selected)
+
+
 def _rms_losses(
     params: StackedParams,
     x: Float32Array,
@@ -258,10 +285,8 @@ def _rms_losses(
     experts: Sequence[int],
 ) -> tuple[float, dict[int, float]]:
     """RMS per-sample cross-entropy over all samples and over those routed to each expert."""
-    act = forward(params, x, top_k)
-    losses, _ = _cross_entropy(act.logits, y)
+    losses, sel = _losses_and_selection(params, x, y, top_k)
     sq = losses.astype(np.float64) ** 2
-    sel = act.selected_mask()
     counts = sel.sum(0)
     sums = (sel * sq[:, None]).sum(0)
     per_expert = {e: math.sqrt(s / c) for e, c, s in zip(experts, counts, sums, strict=True) if c}
@@ -304,9 +329,22 @@ def routing_histogram(
 
 
 def evaluate(
-    config: MoEConfig, parts: Mapping[str, PartTensors], x: np.ndarray, y: np.ndarray
+    config: MoEConfig,
+    parts: Mapping[str, PartTensors],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    block_rows: int | None = None,
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of the global (unmasked, top-k) model on (x, y).
+
+    Args:
+        config: the model shape.
+        parts: every part's weights (read, never copied when float32).
+        x: inputs, (n, input_dim).
+        y: labels, (n,).
+        block_rows: samples per expert block of `moe.model.predict` (None: its memory bound,
+            one block for the small model); any value gives the same result up to rounding.
 
     Returns:
         (accuracy, loss); (0.0, 0.0) for an empty set.
@@ -314,8 +352,10 @@ def evaluate(
     xa, ya = _as_inputs(config, x, y)
     if xa.shape[0] == 0:
         return 0.0, 0.0
-    params = stack_parts(parts, range(config.num_experts))
-    logits = predict(params, xa, config.top_k)
+    # Views of the parts, not a stacked copy (the large preset's experts are 541 MB), and
+    # `predict` bounds its own peak by running the routed samples in blocks.
+    params = inference_params(parts, range(config.num_experts))
+    logits = predict(params, xa, config.top_k, block_rows=block_rows)
     losses, _ = _cross_entropy(logits, ya)
     acc = float((logits.argmax(1) == ya).mean())
     return acc, float(losses.mean(dtype=np.float64))

@@ -202,7 +202,7 @@ async def run_demo(
     security = "INSECURE: anonymous MQTT" if demo.insecure else "per-device MQTT accounts"
     print(
         f"fedmoe demo: {demo.rounds} rounds, {scenario.devices} devices, "
-        f"strategy {demo.strategy}, seed {scenario.seed}; {security}"
+        f"{scenario.model} model, strategy {demo.strategy}, seed {scenario.seed}; {security}"
         f"{', TLS' if demo.tls else ''}; logs in {out / 'logs'}",
         flush=True,
     )

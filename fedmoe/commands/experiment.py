@@ -1,7 +1,8 @@
 """`fedmoe experiment`: the in-process federated simulation, many paired runs, one summary.
 
     fedmoe experiment --out DIR [--quick] [--seeds N] [--strategies fitness,random,...]
-                      [--regimes fleet,label-skew] [--devices N] [--experts E] [--rounds R]
+                      [--regimes fleet,label-skew] [--devices N] [--model small|large]
+                      [--experts E] [--rounds R]
                       [--workers W] [--fitness OPTIONS] [--ablation]
 
 First the centralized reference of every (regime, seed) (the target is 0.8 × its mean, fixed
@@ -33,8 +34,8 @@ from fedmoe.errors import SettingsError
 from fedmoe.plots import plot_accuracy, plot_load
 from fedmoe.pool import unordered_map
 from fedmoe.settings import add_arguments, from_args, setting
-from moe.fleet import DEFAULT_DEADLINE_S
 from moe.matching import STRATEGY_NAMES
+from moe.presets import MODEL_NAMES, SMALL, model_preset
 from moe.scenario import ScenarioConfig
 from moe.simulation.ablation import ablation_table, ablation_variants
 from moe.simulation.experiment import (
@@ -83,12 +84,17 @@ class ExperimentSettings:
         "regimes, comma list (fleet-large: the fleet with 32 experts)",
     )
     devices: int = setting("FEDMOE_EXPERIMENT_DEVICES", 30, "devices in the fleet (N)")
-    experts: int = setting("FEDMOE_EXPERIMENT_EXPERTS", 8, "experts in the model (E)")
+    model: str = setting("FEDMOE_EXPERIMENT_MODEL", SMALL, f"model size, one of {MODEL_NAMES}")
+    experts: int = setting(
+        "FEDMOE_EXPERIMENT_EXPERTS", 0, "experts (E; 0: the model's, small 8, large 64)"
+    )
     top_k: int = setting("FEDMOE_EXPERIMENT_TOP_K", 2, "experts each sample is routed to")
     alpha: float = setting("FEDMOE_EXPERIMENT_ALPHA", 0.1, "Dirichlet concentration of labels")
     epochs: int = setting("FEDMOE_EXPERIMENT_EPOCHS", 2, "local epochs per round")
     deadline_s: float = setting(
-        "FEDMOE_EXPERIMENT_DEADLINE_S", DEFAULT_DEADLINE_S, "round deadline, simulated seconds"
+        "FEDMOE_EXPERIMENT_DEADLINE_S",
+        0.0,
+        "round deadline, simulated seconds (0: the model's, small 1.5, large ~69)",
     )
     rounds: int = setting(
         "FEDMOE_EXPERIMENT_ROUNDS", 0, "rounds per run in every regime (0: the plan's)"
@@ -150,13 +156,15 @@ class ExperimentSettings:
         per_regime = QUICK_ROUNDS if self.quick else FULL_ROUNDS
         regimes = tuple(dict.fromkeys(self.regime_names))
         options = parse_fitness_options(self.fitness)
+        preset = model_preset(self.model)
         base = ScenarioConfig(
             num_devices=self.devices,
-            num_experts=self.experts,
+            num_experts=preset.experts(self.experts),
             top_k=self.top_k,
             alpha=self.alpha,
             epochs=self.epochs,
-            deadline_s=self.deadline_s,
+            deadline_s=preset.deadline(self.deadline_s),
+            model=self.model,
         )
         return ExperimentPlan(
             regimes=regimes,

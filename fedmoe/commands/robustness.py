@@ -1,7 +1,8 @@
 """`fedmoe robustness`: every aggregation rule, clean and under each attack, paired seeds.
 
     fedmoe robustness --out DIR [--quick] [--seeds N] [--first-seed S] [--attackers F]
-                      [--regime fleet] [--rounds R] [--rules fedavg,...] [--workers W]
+                      [--regime fleet] [--model small|large] [--rounds R]
+                      [--rules fedavg,...] [--workers W]
 
 Runs the in-process simulation (`moe.simulation.robustness`) with a fraction F of the fleet
 malicious: they behave normally to the matcher, then send poisoned updates (`sign-flip`,
@@ -29,6 +30,7 @@ from fedmoe.plots import plot_accuracy
 from fedmoe.pool import unordered_map
 from fedmoe.settings import add_arguments, from_args, setting
 from moe.data import REGIMES, Regime
+from moe.presets import MODEL_NAMES, SMALL, model_preset
 from moe.scenario import ScenarioConfig
 from moe.simulation.records import RunResult
 from moe.simulation.robustness import (
@@ -71,7 +73,10 @@ class RobustnessSettings:
     regime: str = setting("FEDMOE_ROBUSTNESS_REGIME", "fleet", f"data regime, one of {REGIMES}")
     rules: str = setting("FEDMOE_ROBUSTNESS_RULES", ",".join(RULES), "rules, comma list")
     devices: int = setting("FEDMOE_ROBUSTNESS_DEVICES", 30, "devices in the fleet (N)")
-    experts: int = setting("FEDMOE_ROBUSTNESS_EXPERTS", 8, "experts in the model (E)")
+    model: str = setting("FEDMOE_ROBUSTNESS_MODEL", SMALL, f"model size, one of {MODEL_NAMES}")
+    experts: int = setting(
+        "FEDMOE_ROBUSTNESS_EXPERTS", 0, "experts (E; 0: the model's, small 8, large 64)"
+    )
     rounds: int = setting("FEDMOE_ROBUSTNESS_ROUNDS", 0, "rounds per run (0: the plan's)")
     workers: int = setting("FEDMOE_ROBUSTNESS_WORKERS", 2, "worker processes (1: in process)")
 
@@ -93,7 +98,14 @@ class RobustnessSettings:
         seeds = self.seeds or (QUICK_SEEDS if self.quick else FULL_SEEDS)
         rounds = self.rounds or (QUICK_ROUNDS if self.quick else FULL_ROUNDS)
         regime: Regime = "fleet" if self.regime == "fleet" else "label-skew"
-        base = ScenarioConfig(regime=regime, num_devices=self.devices, num_experts=self.experts)
+        preset = model_preset(self.model)
+        base = ScenarioConfig(
+            regime=regime,
+            num_devices=self.devices,
+            num_experts=preset.experts(self.experts),
+            deadline_s=preset.deadline(0.0),
+            model=self.model,
+        )
         return RobustnessPlan(
             base=base,
             seeds=tuple(range(self.first_seed, self.first_seed + seeds)),

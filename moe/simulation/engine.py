@@ -40,8 +40,10 @@ Round r = 1..R:
    experts, seed=scenario.train_seed(r, i), epochs/batch_size/lr of the config)``; the upload
    is the ModelUpdate the device would send (shared: weight = num_samples, loss = train
    loss; expert e: weight = ``expert_samples[e]``, loss = ``expert_loss[e]``), counted in
-   bytes with ``schemas.encode``. A malicious device (`moe.simulation.attacks`, only when an
-   `Adversary` is given) trains on flipped labels or poisons the upload's tensors.
+   bytes as the records that carry it (`wire_bytes`: its encoding, or its chunks' when it is
+   over a record, as a large-model update is). A malicious device (`moe.simulation.attacks`,
+   only when an `Adversary` is given) trains on flipped labels or poisons the upload's
+   tensors.
 7. Aggregation (step 3): an update is late iff the device's simulated round time exceeds the
    deadline; late updates are never offered. In-time ones are offered part by part to the
    part's `PartAggregator` (base version = the version the device trained from); then every
@@ -93,7 +95,8 @@ from moe.simulation.records import RoundRecord, RunResult
 from moe.simulation.traffic import RoundTraffic, control_bytes
 from moe.training import LocalResult, evaluate, train_local
 from moe.wire import LossReport, loss_report, model_update, reported_data_losses, reported_losses
-from schemas import ModelUpdate, PartVersion, encode
+from schemas import Message, ModelUpdate, PartVersion
+from schemas.chunks import encode_records
 
 OnRound = Callable[[RoundRecord], None]
 Float32Array = NDArray[np.float32]
@@ -140,7 +143,7 @@ class _World:
         """Encoded size of the PartVersion message of `pid`'s current version."""
         key = (pid, self.aggregators[pid].version)
         if key not in self.version_bytes:
-            self.version_bytes[key] = len(encode(self._version(pid, round_)))
+            self.version_bytes[key] = wire_bytes(self._version(pid, round_))
         return self.version_bytes[key]
 
     def gate_row_bytes(self, pid: str, round_: int) -> int:
@@ -148,7 +151,7 @@ class _World:
         key = (pid, self.aggregators[pid].version)
         if key not in self.gate_bytes:
             view = self._version(pid, round_).gate_view()
-            self.gate_bytes[key] = 0 if view is None else len(encode(view))
+            self.gate_bytes[key] = 0 if view is None else wire_bytes(view)
         return self.gate_bytes[key]
 
     def _version(self, pid: str, round_: int) -> PartVersion:
@@ -163,6 +166,12 @@ class _World:
             layout_version=self.scenario.model.layout_version,
             tensors=dict(agg.weights),
         )
+
+
+def wire_bytes(message: Message) -> int:
+    """Bytes `message` takes on the wire: its encoding, or its chunks' when it is over one
+    record (a large-model part: `moe.presets`), as the devices and services send it."""
+    return sum(len(record) for record in encode_records(message))
 
 
 def run_simulation(
@@ -224,8 +233,10 @@ def _genesis(scenario: Scenario, rule: AggregationRule) -> _World:
     """Round 0: every part at version 0, the round opened with no devices and closed."""
     layout = model_layout(scenario.model)
     initial = scenario.initial_parts()
+    # Each aggregator keeps its own copy, so each initial part is dropped once copied: the
+    # model is held once, not twice, at any time (541 MB at the large preset, `moe.presets`).
     aggregators = {
-        pid: PartAggregator(pid, layout[pid], initial[pid], rule, version=0)
+        pid: PartAggregator(pid, layout[pid], initial.pop(pid), rule, version=0)
         for pid in part_ids(scenario.model)
     }
     for agg in aggregators.values():
@@ -354,7 +365,7 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
         bytes_down += sum(world.part_version_bytes(pid, r) for pid in _trained_parts(experts))
         device = _train(world, r, index, experts)
         update = _update(world, r, device)
-        bytes_up += len(encode(update))
+        bytes_up += wire_bytes(update)
         devices.append(device)
         updates.append(update)
     for device, update in zip(devices, updates, strict=True):

@@ -460,6 +460,7 @@ def summarize(
         "fitness_options": dict(plan.fitness_options),
         "variants": {name: format_options(opts) for name, opts in plan.variants.items()},
         "scenario": {
+            "model": plan.base.model,
             "num_devices": plan.base.num_devices,
             "num_experts": plan.base.num_experts,
             "top_k": plan.base.top_k,

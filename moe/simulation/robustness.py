@@ -218,6 +218,7 @@ def summarize_robustness(
         "strategy": plan.strategy,
         "regime": plan.base.regime,
         "devices": plan.base.num_devices,
+        "model": plan.base.model,
         "experts": plan.base.num_experts,
     }
 

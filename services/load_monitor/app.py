@@ -149,7 +149,7 @@ async def run_load_monitor(
     start = choose_start(
         store.load(),
         changelog,
-        num_experts=scenario.experts,
+        num_experts=scenario.config().num_experts,
         alpha=settings.ewma_alpha,
         close_wait_s=settings.close_wait_s,
     )

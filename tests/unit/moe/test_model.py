@@ -13,6 +13,7 @@ from moe.model import (
     MoEModel,
     backward,
     forward,
+    inference_params,
     init_weights,
     predict,
     stack_parts,
@@ -67,6 +68,24 @@ def test_forward_and_predict_match_the_torch_module(top_k: int, experts: Sequenc
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(predict(params, x, top_k), ours, rtol=1e-5, atol=1e-5)
     assert ours.dtype == np.float32
+
+
+@pytest.mark.parametrize(("top_k", "experts"), [(2, range(8)), (1, [2, 5]), (3, [0, 1])])
+def test_predict_from_parts_and_in_blocks_is_the_stacked_pass(
+    top_k: int, experts: Sequence[int]
+) -> None:
+    """`evaluate`'s path (views of the parts, routed samples in blocks) computes the stacked
+    pass's logits: bit for bit in one block, up to rounding in any blocks."""
+    config = MoEConfig(top_k=top_k)
+    parts = init_weights(config, 4)
+    x, _ = _inputs(101, seed=5)
+    whole = predict(stack_parts(parts, experts), x, top_k)
+    views = inference_params(parts, experts)
+    assert views.experts[0].w1 is parts[expert_part_id(experts[0])]["fc1.weight"]  # no copy
+    np.testing.assert_array_equal(predict(views, x, top_k), whole)
+    for rows in (1, 7, 64):
+        blocked = predict(views, x, top_k, block_rows=rows)
+        np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(("top_k", "experts"), [(2, [0, 3, 5]), (1, [2, 7]), (1, [4]), (2, [1])])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moe import training
 from moe.data import FederatedData, make_regime
 from moe.model import MoEConfig, forward, init_weights, stack_parts
 from moe.parts import check_part, model_layout
@@ -138,6 +139,35 @@ def test_evaluate_reports_accuracy_and_loss(regime: FederatedData) -> None:
     assert 0.0 <= acc <= 0.3  # untrained: about chance
     assert loss == pytest.approx(np.log(10), rel=0.2)
     assert evaluate(config, parts, regime.test_x[:0], regime.test_y[:0]) == (0.0, 0.0)
+
+
+def test_batched_evaluation_equals_unbatched(regime: FederatedData) -> None:
+    config = MoEConfig()
+    parts = train_centralized(config, *regime.pooled(), epochs=3, seed=0)
+    acc, loss = evaluate(config, parts, regime.test_x, regime.test_y)
+    assert acc > 0.5  # trained: a result worth comparing
+    for rows in (1, 16, 64):
+        batched = evaluate(config, parts, regime.test_x, regime.test_y, block_rows=rows)
+        assert batched[0] == acc
+        assert batched[1] == pytest.approx(loss, rel=1e-6)
+
+
+def test_statistics_passes_in_blocks_give_the_same_result(
+    regime: FederatedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The passes before and after local training run `forward` in sample blocks when the
+    dense activations would be large (the large preset's centralized reference): same result."""
+    config = MoEConfig()
+    device = regime.devices[3]
+    start = init_weights(config, 1)
+    whole = train_local(config, start, device.x, device.y, [0, 2, 5], seed=4)
+    monkeypatch.setattr(training, "STATS_BLOCK_ELEMENTS", 3 * 64 * 5)  # 5 samples a block
+    blocked = train_local(config, start, device.x, device.y, [0, 2, 5], seed=4)
+    assert blocked.expert_samples == whole.expert_samples
+    assert blocked.train_loss == pytest.approx(whole.train_loss, rel=1e-6)
+    assert blocked.initial_loss == pytest.approx(whole.initial_loss, rel=1e-6)
+    for e, loss in whole.expert_loss.items():
+        assert blocked.expert_loss[e] == pytest.approx(loss, rel=1e-6)
 
 
 def test_centralized_training_reaches_the_target_on_digits(regime: FederatedData) -> None:
