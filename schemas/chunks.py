@@ -90,11 +90,14 @@ class Budget:
 
     Attributes:
         max_wholes: incomplete wholes at once.
+        max_per_device: incomplete wholes of one device at once (so one device cannot take
+            every slot: its chunk opening one more is refused).
         max_bytes: their declared sizes together (disk, not memory).
         max_age_s: an incomplete whole older than this (from its first chunk) is dropped.
     """
 
     max_wholes: int = 256
+    max_per_device: int = 8
     max_bytes: int = 8 * MAX_ASSEMBLED_BYTES
     max_age_s: float = 600.0
 
@@ -193,10 +196,9 @@ class Reassembler:
         pending.received.add(chunk.index)
         if len(pending.received) < chunk.count:
             return None
-        self._drop(key)  # whatever follows, this whole is done
         pending.spool.seek(0)
         data = pending.spool.read()
-        pending.spool.close()
+        self._drop(key)  # whatever follows, this whole is done
         return Assembled(_assembled(data, pending.first), data)
 
     def floor(self, source: Hashable) -> int | None:
@@ -231,6 +233,10 @@ class Reassembler:
         budget = self._budget
         if len(self._pending) >= budget.max_wholes:
             raise ChunkError(f"{budget.max_wholes} incomplete wholes held already")
+        if sum(1 for device, _ in self._pending if device == key[0]) >= budget.max_per_device:
+            raise ChunkError(
+                f"{budget.max_per_device} incomplete wholes of {key[0]!r} held already"
+            )
         if self._bytes + chunk.whole_bytes > budget.max_bytes:
             raise ChunkError(
                 f"{chunk.whole_bytes} more bytes would exceed the {budget.max_bytes} held at most"

@@ -198,6 +198,12 @@ class ConsumeLoop:
 
     async def run(self, consumer: Consumer) -> None:
         """Poll, handle, deliver, commit until `stop()`; raise on fatal errors."""
+        try:
+            await self._run(consumer)
+        finally:
+            self._chunks.close()  # incomplete wholes are read again after a restart
+
+    async def _run(self, consumer: Consumer) -> None:
         next_tick = self._clock() + self._settings.tick_interval_s
         poll_failures = 0
         while not self._stopping.is_set():
@@ -283,6 +289,7 @@ class ConsumeLoop:
         self._metrics.inc(Outcome.RECEIVED, len(records))
         if not await self._flush_unsent():
             return  # the records stay uncommitted and are redone
+        self._expire_chunks()  # on every batch: a whole whose sender died must stop holding commits
         delivery = self._delivery()
         done: dict[Partition, int] = {}
         sent: list[EncodedRecord] = []
@@ -325,7 +332,6 @@ class ConsumeLoop:
         try:
             message = decode(raw)
             if isinstance(message, MessageChunk):
-                self._expire_chunks()
                 assembled = self._chunks.add(
                     message,
                     self._clock(),
