@@ -14,9 +14,10 @@ For each part size (64 KB to 256 MB of float32 weights) it times, on one core:
   `np.add(a, tmp, out=a)`: two passes, no allocation), the memory-bandwidth bound of any
   weighted fold written in numpy.
 
-Parts larger than one message (`schemas.limits.MAX_MESSAGE_BYTES`) cannot travel as one
-record today; for them the `fold` row decodes each tensor from its wire form directly
-(`schemas.tensor.unpack_tensor`) instead of a whole message and says so (`"path": "tensors"`).
+A part larger than one message (`schemas.limits.MAX_MESSAGE_BYTES`) travels as the chunks of
+its `PartUpdate` (`schemas.chunks`); for it the `fold` row also does what the aggregator's
+runtime does with them: spool every chunk (`Reassembler`), read the whole back, check its
+SHA-256 and decode it (`"path": "chunks"`, one record otherwise: `"path": "message"`).
 
 Each line also reports the fold's peak extra memory (`accumulator_mb`: the rule's state, the
 O(part) bound) and the process's peak RSS. Prints one JSON line per (size, figure):
@@ -42,17 +43,15 @@ from moe.aggregation.base import AggregationRule, PartAccumulator
 from moe.aggregation.clipping import ClippedFedAvg
 from moe.aggregation.registry import make_rule
 from moe.aggregation.validation import check_weight
-from schemas.codec import decode_as, encode
+from schemas.chunks import Reassembler, encode_records
+from schemas.codec import decode, decode_as
 from schemas.limits import MAX_MESSAGE_BYTES, MAX_TENSOR_ELEMENTS
-from schemas.messages import PartPayload, PartUpdate
-from schemas.tensor import pack_tensor, unpack_tensor
+from schemas.messages import MessageChunk, PartPayload, PartUpdate
 
 KB = 1024
 MB = 1024 * KB
 FULL_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB, 16 * MB, 64 * MB, 256 * MB)
 QUICK_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB)
-# Room for the message's envelope and msgpack framing around the tensors.
-_ENVELOPE_BYTES = 4 * KB
 _TENSOR_ELEMENTS = min(MAX_TENSOR_ELEMENTS, MAX_MESSAGE_BYTES // 8)
 
 Tensors = dict[str, NDArray[np.float32]]
@@ -71,9 +70,9 @@ def part_tensors(nbytes: int, rng: np.random.Generator) -> Tensors:
     return out
 
 
-def encode_update(tensors: Tensors, index: int) -> bytes:
-    """One `PartUpdate` record as the gateway writes it to Kafka."""
-    return encode(
+def encode_update(tensors: Tensors, index: int) -> list[bytes]:
+    """The records of one `PartUpdate` as they reach Kafka: one, or its chunks."""
+    return encode_records(
         PartUpdate(
             message_id=f"u{index}/expert-0",
             device_id=f"dev-{index}",
@@ -89,7 +88,8 @@ def encode_update(tensors: Tensors, index: int) -> bytes:
                 loss=0.5,
                 tensors=tensors,
             ),
-        )
+        ),
+        key="expert-0",
     )
 
 
@@ -119,8 +119,7 @@ def measure(
     rng = np.random.default_rng(seed)
     base = part_tensors(nbytes, rng)
     rule = make_rule(rule_name)
-    as_message = nbytes + _ENVELOPE_BYTES <= MAX_MESSAGE_BYTES
-    # Updates on the wire: whole records where they fit, else each tensor's wire form.
+    # Updates on the wire: one record each, or the chunks of each.
     sources: list[Tensors] = [
         {name: (array + rng.standard_normal(1, dtype=np.float32)) for name, array in base.items()}
         for _ in range(updates)
@@ -130,36 +129,41 @@ def measure(
     if clipping:
         norms = sorted(rule.start(base).check("probe", t).norm for t in sources)
         bound = norms[len(norms) // 2]
-    if as_message:
-        records = [encode_update(t, i) for i, t in enumerate(sources)]
-    else:
-        wire = [{name: bytes(pack_tensor(a).data) for name, a in t.items()} for t in sources]
+    records = [encode_update(t, i) for i, t in enumerate(sources)]
     del sources
+    chunked = len(records[0]) > 1
+
+    def update(i: int, chunks: Reassembler) -> PartUpdate:
+        if not chunked:
+            return decode_as(records[i][0], PartUpdate)
+        for data in records[i]:
+            chunk = decode(data)
+            assert isinstance(chunk, MessageChunk)
+            assembled = chunks.add(chunk, 0.0)
+        assert assembled is not None
+        message = assembled.message
+        assert isinstance(message, PartUpdate)
+        return message
 
     state: dict[str, Any] = {}
 
     def fold() -> None:
         acc = _start(rule, base, bound)
+        chunks = Reassembler()
         for i in range(updates):
-            if as_message:
-                msg = decode_as(records[i], PartUpdate)
-                tensors: Any = msg.payload.tensors
-                weight: object = msg.payload.weight
-            else:
-                tensors = {name: unpack_tensor(data) for name, data in wire[i].items()}
-                weight = float(100 + i)
-            w = check_weight(weight)
+            msg = update(i, chunks)
+            w = check_weight(msg.payload.weight)
+            tensors = msg.payload.tensors
+            del msg
             # As the aggregator: a rule that keeps a norm history measures first, then folds.
             acc.add(f"u{i}", acc.check(f"u{i}", tensors) if clipping else tensors, w)
+            del tensors
         state["result"] = acc.result()
         state["acc_mb"] = acc.nbytes / MB
 
     # The ceiling folds the same decoded arrays, so both sides read the same bytes.
-    arrays = (
-        [decode_as(r, PartUpdate).payload.tensors for r in records]
-        if as_message
-        else [{n: unpack_tensor(d) for n, d in t.items()} for t in wire]
-    )
+    scratch = Reassembler()
+    arrays = [update(i, scratch).payload.tensors for i in range(updates)]
     sums = {name: np.zeros_like(a) for name, a in base.items()}
     tmp = {name: np.empty_like(a) for name, a in base.items()}
 
@@ -178,7 +182,7 @@ def measure(
         "part_bytes": nbytes,
         "updates": updates,
         "rule": rule_name,
-        "path": "message" if as_message else "tensors",
+        "path": "chunks" if chunked else "message",
         "cores": 1,
     }
     return [
