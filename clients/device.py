@@ -450,6 +450,7 @@ class DeviceAgent:
                 if await self._publish_all(pending.payloads, within_s=resend_s):
                     if pending.record_send():
                         self.stats.sent.update((uid, part) for part in pending.parts)
+                        self.stats.update_bytes_sent += sum(map(len, pending.payloads))
                     else:
                         self.stats.resends += 1
                 try:

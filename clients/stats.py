@@ -9,6 +9,7 @@ rounds_trained  local trainings done
 drops           abrupt connection drops (simulated faults)
 events          everything else worth a number (see `Event`), incl. dropped inputs
 bytes_received  MQTT payload bytes received, by what they carried (`Received`): the downlink
+update_bytes_sent  MQTT payload bytes of the updates sent, first sends only: the uplink
 assignment_lag_s  wall seconds from a round's open to its assignment's arrival (n, mean, max)
 
 Every counter is O(1) in the number of rounds: a soak of many rounds keeps no per-round lists.
@@ -92,6 +93,7 @@ class DeviceStats:
     events: Counter[str] = field(default_factory=Counter)
     dropped_inputs: Counter[str] = field(default_factory=Counter)
     bytes_received: Counter[str] = field(default_factory=Counter)
+    update_bytes_sent: int = 0
     # Wall seconds from a round's open (the assignment's timestamp) to the assignment's arrival.
     assignment_lags: Lags = field(default_factory=Lags)
 
@@ -119,6 +121,7 @@ class DeviceStats:
             "events": {e.value: self.events[e.value] for e in Event},
             "dropped_inputs": {r.value: self.dropped_inputs[r.value] for r in DropReason},
             "bytes_received": {w.value: self.bytes_received[w.value] for w in Received},
+            "update_bytes_sent": self.update_bytes_sent,
             "assignment_lag_s": self.assignment_lags.as_dict(),
         }
 
@@ -137,6 +140,7 @@ def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
         "resends": 0,
         "rounds_trained": 0,
         "drops": 0,
+        "update_bytes_sent": 0,
     }
     for s in stats:
         out["devices"] += 1
@@ -145,6 +149,7 @@ def totals(stats: Iterable[DeviceStats]) -> dict[str, Any]:
         out["resends"] += s.resends
         out["rounds_trained"] += s.rounds_trained
         out["drops"] += s.drops
+        out["update_bytes_sent"] += s.update_bytes_sent
         acks.update(s.acks)
         events.update(s.events)
         dropped.update(s.dropped_inputs)

@@ -240,6 +240,7 @@ async def run_demo(
         "updates_sent": fleet.get("updates_sent"),
         "updates_acked": fleet.get("updates_acked"),
         "fleet": fleet,
+        "bytes_per_trained_round": _bytes_per_trained_round(fleet),
         "services": pids,
         "metrics_ports": ports,  # each service's /metrics, /healthz, /readyz while it ran
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -268,6 +269,19 @@ def record_argv(path: Path) -> list[str]:
         "--progress-s",
         "30",
     )
+
+
+def _bytes_per_trained_round(fleet: dict[str, Any]) -> dict[str, float] | None:
+    """What a device moved per round it trained in: its updates up, model parts down (the
+    parts it was assigned, and `shared`, which every device hears every round)."""
+    trained = fleet.get("rounds_trained") or 0
+    if not trained:
+        return None
+    down = fleet.get("bytes_received", {}).get("model", 0)
+    return {
+        "update_up": round(fleet.get("update_bytes_sent", 0) / trained),
+        "model_down": round(down / trained),
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
