@@ -39,7 +39,9 @@ from moe.aggregation.fedavg import FedAvgAccumulator
 from moe.errors import InvalidArgumentError
 from moe.tensors import PartTensors
 
-DEFAULT_MULTIPLIER = 2.0
+# 4, not 2: at 2 the outlier refusal (2 × the bound) refused honest updates of heterogeneous
+# fleets and stalled training; retuned on the tuning seeds (moe/simulation/TUNING.md §4).
+DEFAULT_MULTIPLIER = 4.0
 DEFAULT_WINDOW = 64
 DEFAULT_MIN_HISTORY = 3
 DEFAULT_REJECT_ABOVE = 2.0

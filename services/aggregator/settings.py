@@ -10,6 +10,7 @@ from pathlib import Path
 from fedmoe.errors import SettingsError
 from fedmoe.settings import setting
 from moe.aggregation import RULE_NAMES, AggregationRule, make_rule
+from moe.aggregation.clipping import DEFAULT_MULTIPLIER, DEFAULT_WINDOW
 from moe.errors import InvalidArgumentError
 from schemas.topics import valid_segment
 
@@ -36,13 +37,13 @@ class AggregatorSettings:
     )
     clip_multiplier: float = setting(
         "FEDMOE_AGGREGATOR_CLIP_MULTIPLIER",
-        2.0,
+        DEFAULT_MULTIPLIER,
         "clipped-fedavg: clip each update's delta at this many times the median norm of the "
         "part's recent updates",
     )
     clip_window: int = setting(
         "FEDMOE_AGGREGATOR_CLIP_WINDOW",
-        64,
+        DEFAULT_WINDOW,
         "clipped-fedavg: how many recent update norms of a part the bound is derived from",
     )
     max_norm: float = setting(
