@@ -17,6 +17,12 @@ wall time between two openings:
                                                             aggregator → PartClosed → matcher
     open_gap(r)  = RoundOpened(r + 1) − RoundClosed(r)      RoundClosed → devices → telemetry →
                                                             profiler; load monitor → matcher
+    and the open gap in turn (Kafka record times):
+    announce(r)  = last Telemetry for r + 1 on Kafka − RoundClosed(r)   devices hear the close,
+                                                            report; the gateway produces
+    profile(r)   = last ProfileSnapshot of r + 1 − that telemetry       the profiler folds
+    decide(r)    = RoundOpened(r + 1) − the later of that snapshot and the ExpertLoad after r
+                                                            the matcher's open rule and plan
 
 A round that closed by its deadline (some assigned update late or lost) is counted apart
 (`deadline_rounds`) and left out of the figures: its length is the deadline, not the bus.
@@ -25,7 +31,8 @@ real (torch) on the same cores: the figures include that contention.
 
 One JSON line per (devices, figure): `{"benchmark": "round", "figure", "unit", "value",
 "ceiling": null, "ratio": null, "goal", ...params}`: `overhead_median_s`, `overhead_p90_s`,
-`close_lag_median_s`, `open_gap_median_s`, with `rounds` measured and `deadline_rounds`.
+`close_lag_median_s`, `open_gap_median_s`, `announce_median_s`, `profile_median_s`,
+`decide_median_s`, with `rounds` measured and `deadline_rounds`.
 """
 
 from __future__ import annotations
@@ -51,7 +58,15 @@ from fedmoe.demo.deployment import deployment
 from fedmoe.demo.processes import fedmoe_argv
 from fedmoe.scenario import ScenarioSettings
 from moe.scenario import build_scenario, device_id
-from schemas.messages import Assignment, RoundClosed, RoundOpened, UpdateAck
+from schemas.messages import (
+    Assignment,
+    ExpertLoad,
+    ProfileSnapshot,
+    RoundClosed,
+    RoundOpened,
+    Telemetry,
+    UpdateAck,
+)
 from schemas.topics import Topic
 from services.handler import InboundRecord, Outbound
 from services.runtime import RuntimeSettings, ServiceRuntime
@@ -67,6 +82,11 @@ class RoundLog:
     closed: dict[int, RoundClosed] = field(default_factory=dict)
     experts: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     applied: dict[int, set[str]] = field(default_factory=dict)
+    # Kafka record times (s): the last telemetry and profile of each announced round, the
+    # first ExpertLoad after each close.
+    telemetry: dict[int, float] = field(default_factory=dict)
+    profiles: dict[int, float] = field(default_factory=dict)
+    loads: dict[int, float] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, record: InboundRecord) -> Sequence[Outbound]:
@@ -79,6 +99,14 @@ class RoundLog:
             self.experts.setdefault(m.round, {})[m.device_id] = tuple(m.experts)
         elif isinstance(m, UpdateAck) and m.status == "applied":
             self.applied.setdefault(m.round, set()).add(m.device_id)
+        at = record.timestamp_ms / 1000
+        if isinstance(m, Telemetry):
+            self.telemetry[m.round] = max(self.telemetry.get(m.round, 0.0), at)
+        elif isinstance(m, ProfileSnapshot) and m.telemetry_round >= 0:
+            round_ = m.telemetry_round
+            self.profiles[round_] = max(self.profiles.get(round_, 0.0), at)
+        elif isinstance(m, ExpertLoad):
+            self.loads.setdefault(m.round, at)
         self.changed.set()
         return ()
 
@@ -88,7 +116,14 @@ def _watch(broker: BrokerSettings, log: RoundLog) -> ServiceRuntime:
         broker,
         name="round-benchmark",
         handler=log,
-        inputs=[Topic.ROUNDS, Topic.ASSIGNMENTS, Topic.ACKS],
+        inputs=[
+            Topic.ROUNDS,
+            Topic.ASSIGNMENTS,
+            Topic.ACKS,
+            Topic.TELEMETRY,
+            Topic.PROFILES,
+            Topic.EXPERT_LOAD,
+        ],
         group_id=f"round-benchmark-{uuid.uuid4().hex[:8]}",
         settings=RuntimeSettings(
             auto_offset_reset="earliest", poll_timeout_s=0.1, metrics_interval_s=3600.0
@@ -103,6 +138,7 @@ def round_figures(
     overhead: list[float] = []
     close_lag: list[float] = []
     open_gap: list[float] = []
+    steps: dict[str, list[float]] = {"announce": [], "profile": [], "decide": []}
     deadline_rounds = 0
     for r in sorted(log.opened):
         if r <= warmup or r + 1 not in log.opened or r not in log.closed:
@@ -120,6 +156,11 @@ def round_figures(
         overhead.append(following - opened - own)
         close_lag.append(closed - opened - own)
         open_gap.append(following - closed)
+        told, folded = log.telemetry.get(r + 1), log.profiles.get(r + 1)
+        if told is not None and folded is not None:
+            steps["announce"].append(told - closed)
+            steps["profile"].append(folded - told)
+            steps["decide"].append(following - max(folded, log.loads.get(r, 0.0)))
     return {
         "rounds": len(overhead),
         "deadline_rounds": deadline_rounds,
@@ -127,6 +168,7 @@ def round_figures(
         "overhead_p90_s": _quantile(overhead, 0.9),
         "close_lag_median_s": _median(close_lag),
         "open_gap_median_s": _median(open_gap),
+        **{f"{step}_median_s": _median(values) for step, values in steps.items()},
     }
 
 
