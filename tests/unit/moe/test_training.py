@@ -7,10 +7,11 @@ import pytest
 
 from moe import training
 from moe.data import FederatedData, make_regime
-from moe.model import MoEConfig, forward, init_weights, stack_parts
+from moe.model import MoEConfig, StackedParams, forward, init_weights, stack_parts
 from moe.parts import check_part, model_layout
 from moe.training import (
     evaluate,
+    lr_scales,
     routing_histogram,
     single_threaded_blas,
     train_centralized,
@@ -201,3 +202,11 @@ def test_routing_histogram_needs_only_the_gate_rows(regime: FederatedData) -> No
     np.testing.assert_array_equal(
         routing_histogram(config, gate_only, x), routing_histogram(config, parts, x)
     )
+
+
+def test_only_the_output_weights_of_experts_wider_than_64_step_at_a_scaled_rate() -> None:
+    assert lr_scales(64) == (1.0,) * len(StackedParams._fields)
+    assert lr_scales(16) == (1.0,) * len(StackedParams._fields)
+    wide = dict(zip(StackedParams._fields, lr_scales(16384), strict=True))
+    assert wide.pop("w2") == 64 / 16384
+    assert set(wide.values()) == {1.0}
