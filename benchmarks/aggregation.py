@@ -45,25 +45,29 @@ from moe.aggregation.registry import make_rule
 from moe.aggregation.validation import check_weight
 from schemas.chunks import Reassembler, encode_records
 from schemas.codec import decode, decode_as
-from schemas.limits import MAX_MESSAGE_BYTES, MAX_TENSOR_ELEMENTS
+from schemas.limits import MAX_TENSOR_ELEMENTS, MAX_TENSORS_PER_PART
 from schemas.messages import MessageChunk, PartPayload, PartUpdate
 
 KB = 1024
 MB = 1024 * KB
 FULL_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB, 16 * MB, 64 * MB, 256 * MB)
 QUICK_SIZES: tuple[int, ...] = (64 * KB, 1 * MB, 4 * MB)
-_TENSOR_ELEMENTS = min(MAX_TENSOR_ELEMENTS, MAX_MESSAGE_BYTES // 8)
+_TENSOR_ELEMENTS = 2**20  # 4 MiB float32 tensors, as many as a part may hold, then larger
 
 Tensors = dict[str, NDArray[np.float32]]
 
 
 def part_tensors(nbytes: int, rng: np.random.Generator) -> Tensors:
-    """float32 tensors totalling `nbytes`, each at most 4 MiB (one fits in a message)."""
+    """float32 tensors totalling `nbytes`: of 4 MiB each, or of a 32nd of the part (the most
+    tensors a part may hold) when that is more."""
     elements = nbytes // 4
+    per_tensor = min(
+        MAX_TENSOR_ELEMENTS, max(_TENSOR_ELEMENTS, -(-elements // MAX_TENSORS_PER_PART))
+    )
     out: Tensors = {}
     index = 0
     while elements > 0:
-        n = min(elements, _TENSOR_ELEMENTS)
+        n = min(elements, per_tensor)
         out[f"w{index}"] = rng.standard_normal(n, dtype=np.float32)
         elements -= n
         index += 1

@@ -20,7 +20,8 @@ wall time between two openings:
     and the open gap in turn (Kafka record times):
     announce(r)  = last Telemetry for r + 1 on Kafka − RoundClosed(r)   devices hear the close,
                                                             report; the gateway produces
-    profile(r)   = last ProfileSnapshot of r + 1 − that telemetry       the profiler folds
+    profile(r)   = the last device's first ProfileSnapshot of r + 1 − that telemetry
+                                                            the profiler folds
     decide(r)    = RoundOpened(r + 1) − the later of that snapshot and the ExpertLoad after r
                                                             the matcher's open rule and plan
 
@@ -82,10 +83,11 @@ class RoundLog:
     closed: dict[int, RoundClosed] = field(default_factory=dict)
     experts: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     applied: dict[int, set[str]] = field(default_factory=dict)
-    # Kafka record times (s): the last telemetry and profile of each announced round, the
-    # first ExpertLoad after each close.
+    # Kafka record times (s): the last telemetry of each announced round, each device's first
+    # profile that folded it (later ones carry the round's outcome), the first ExpertLoad
+    # after each close.
     telemetry: dict[int, float] = field(default_factory=dict)
-    profiles: dict[int, float] = field(default_factory=dict)
+    profiles: dict[int, dict[str, float]] = field(default_factory=dict)
     loads: dict[int, float] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -103,8 +105,7 @@ class RoundLog:
         if isinstance(m, Telemetry):
             self.telemetry[m.round] = max(self.telemetry.get(m.round, 0.0), at)
         elif isinstance(m, ProfileSnapshot) and m.telemetry_round >= 0:
-            round_ = m.telemetry_round
-            self.profiles[round_] = max(self.profiles.get(round_, 0.0), at)
+            self.profiles.setdefault(m.telemetry_round, {}).setdefault(m.device_id, at)
         elif isinstance(m, ExpertLoad):
             self.loads.setdefault(m.round, at)
         self.changed.set()
@@ -156,8 +157,9 @@ def round_figures(
         overhead.append(following - opened - own)
         close_lag.append(closed - opened - own)
         open_gap.append(following - closed)
-        told, folded = log.telemetry.get(r + 1), log.profiles.get(r + 1)
-        if told is not None and folded is not None:
+        told, first = log.telemetry.get(r + 1), log.profiles.get(r + 1)
+        if told is not None and first:
+            folded = max(first.values())
             steps["announce"].append(told - closed)
             steps["profile"].append(folded - told)
             steps["decide"].append(following - max(folded, log.loads.get(r, 0.0)))

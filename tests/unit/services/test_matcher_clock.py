@@ -218,7 +218,7 @@ def test_the_next_round_waits_for_the_load_of_the_closed_round() -> None:
     assert clock.advance(closed_at + 5.0) == []  # all reported, but no load yet
     clock.apply(load_message(ExpertLoadState.empty(4), 0), at=closed_at + 5.0)
     assert of_type(clock.advance(closed_at + 5.1), RoundOpened)
-    assert clock.last_opening == "all-reported: 6 candidates"
+    assert clock.last_opening == "all-reported: 6 candidates, 6 devices reported"
 
 
 def test_the_next_round_opens_when_reports_settled() -> None:
@@ -231,7 +231,7 @@ def test_the_next_round_opens_when_reports_settled() -> None:
     assert clock.advance(closed_at + 10.6) == []  # a report 0.4 s ago: not settled
     assert [s.device_id for s in clock.candidates(1)] == [device_id(0)]
     out = clock.advance(closed_at + 10.7)
-    assert clock.last_opening == "settled: 1 candidates"
+    assert clock.last_opening == "settled: 1 candidates, 2 devices reported"
     (opened,) = [o.message for o in of_type(out, RoundOpened)][:1]
     assert isinstance(opened, RoundOpened)
     assert opened.devices <= 1  # device 1 announced itself offline
@@ -245,7 +245,7 @@ def test_settled_waits_for_a_quorum_of_the_recent_reporters() -> None:
     for i in range(6):
         clock.apply(snapshot(i, 1), at=closed_at)
     out = clock.advance(closed_at + 1.0)
-    assert clock.last_opening == "settled: 6 candidates"
+    assert clock.last_opening == "settled: 6 candidates, 6 devices reported"
     opened = of_type(out, RoundOpened)[0].message
     clock.apply(opened, at=closed_at + 1.0)
     close_all(clock, 1)
@@ -257,7 +257,7 @@ def test_settled_waits_for_a_quorum_of_the_recent_reporters() -> None:
     clock.apply(snapshot(2, 2), at=t + 5.0)
     assert clock.advance(t + 5.4) == []  # 3 of 6 is the quorum, but not quiet yet
     assert of_type(clock.advance(t + 5.6), RoundOpened)
-    assert clock.last_opening == "settled: 3 candidates"
+    assert clock.last_opening == "settled: 3 candidates, 3 devices reported"
 
 
 def test_max_wait_counts_from_a_restart_not_from_the_replayed_close() -> None:
@@ -271,7 +271,7 @@ def test_max_wait_counts_from_a_restart_not_from_the_replayed_close() -> None:
     assert second.advance(restart + 1.0) == []
     assert second.advance(restart + 29.9) == []
     assert of_type(second.advance(restart + 30.0), RoundOpened)
-    assert second.last_opening == "max-wait: 0 candidates"
+    assert second.last_opening == "max-wait: 0 candidates, 0 devices reported"
 
 
 def test_max_wait_opens_a_round_even_without_candidates() -> None:
@@ -279,7 +279,7 @@ def test_max_wait_opens_a_round_even_without_candidates() -> None:
     closed_at = run_genesis(clock)
     assert clock.advance(closed_at + 7.9) == []
     out = clock.advance(closed_at + 8.0)
-    assert clock.last_opening == "max-wait: 0 candidates"
+    assert clock.last_opening == "max-wait: 0 candidates, 0 devices reported"
     opened = out[0].message
     assert isinstance(opened, RoundOpened)
     assert (opened.round, opened.devices) == (1, 0)
@@ -580,3 +580,27 @@ def test_rounds_with_devices_and_nothing_applied_count_as_starved() -> None:
         clock.apply(part_closed(2, part, 1, applied=1 if part == PARTS[0] else 0), at=now + 0.4)
     clock.advance(now + 0.5)
     assert clock.starved_rounds == 0
+
+
+def test_from_round_two_a_round_opens_once_every_recent_reporter_reported() -> None:
+    # Ten devices in the scenario, four of them never online (no profile): the scenario's count
+    # is never reached, yet round 2 opens the moment the six that reported lately all did,
+    # without waiting out the quiet period. Round 1 cannot use the rule (nobody had reported).
+    clock = make_clock(fleet_size=10, wait_for_load=False, settle_quorum=0.5)
+    closed_at = run_genesis(clock)
+    clock.apply(snapshot(0, 1), at=closed_at)
+    assert clock.advance(closed_at + 0.1) == []  # one report for round 1 is not "everyone"
+    for i in range(1, 6):
+        clock.apply(snapshot(i, 1), at=closed_at + 0.1)
+    out = clock.advance(closed_at + 1.0)
+    assert clock.last_opening == "settled: 6 candidates, 6 devices reported"
+    clock.apply(of_type(out, RoundOpened)[0].message, at=closed_at + 1.0)
+    close_all(clock, 1)
+    t = closed_at + 2.0
+    assert of_type(clock.advance(t), RoundClosed)
+    for i in range(5):
+        clock.apply(snapshot(i, 2, online=i != 4), at=t)
+    assert clock.advance(t + 0.01) == []  # five of the six recent reporters
+    clock.apply(snapshot(5, 2), at=t + 0.02)
+    assert of_type(clock.advance(t + 0.03), RoundOpened)  # no quiet period
+    assert clock.last_opening == "all-recent-reported: 5 candidates, 6 devices reported"
