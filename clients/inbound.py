@@ -57,8 +57,11 @@ class ChunkHeld:
 
 Inbound = RoundClosed | PartVersion | GateRow | Assignment | UpdateAck | ChunkHeld
 
-# A device reassembles only the parts it listens to (shared and its assigned experts).
-_DEVICE_CHUNKS = Budget(max_wholes=16, max_bytes=2 * MAX_ASSEMBLED_BYTES, max_age_s=600.0)
+# A device reassembles only the parts it listens to (shared and its assigned experts); every
+# part version has the same sender, so the per-sender cap is the whole cap.
+_DEVICE_CHUNKS = Budget(
+    max_wholes=16, max_per_device=16, max_bytes=2 * MAX_ASSEMBLED_BYTES, max_age_s=600.0
+)
 
 
 class DropReason(StrEnum):

@@ -126,20 +126,23 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class Assembled:
-    """A whole message rebuilt from its chunks, and its encoding."""
+    """A whole message rebuilt from its chunks, its encoding, and the offset its first chunk
+    was read at (a consumer that fails to handle it must not commit past that)."""
 
     message: Message
     data: bytes
+    first_offset: int = -1
 
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """An incomplete whole given up (`Reassembler.expire`)."""
+    """An incomplete whole given up (`Reassembler.expire`), and where its chunks came from."""
 
     device_id: str
     whole_id: str
     received: int
     count: int
+    source: Hashable = None
 
 
 class Reassembler:
@@ -149,11 +152,20 @@ class Reassembler:
         budget: the limits on what is held (`expire` must be called now and then: `add`
             never drops a whole for its age).
         spool_dir: where the temporary files go (the system's temporary directory if None).
+        ordered: the chunks of a whole arrive in order (one Kafka partition): a chunk other
+            than the first that belongs to no incomplete whole is a stray (a duplicate of a
+            whole already completed, or the tail of one whose head was refused) and is
+            ignored and counted (`strays`), so it cannot hold a whole open, and commits back,
+            until its age runs out.
     """
 
-    def __init__(self, budget: Budget | None = None, spool_dir: str | None = None) -> None:
+    def __init__(
+        self, budget: Budget | None = None, spool_dir: str | None = None, *, ordered: bool = False
+    ) -> None:
         self._budget = budget if budget is not None else Budget()
         self._spool_dir = spool_dir
+        self._ordered = ordered
+        self.strays = 0
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._bytes = 0
 
@@ -178,28 +190,36 @@ class Reassembler:
 
         Raises:
             ChunkError: the chunk contradicts the earlier chunks of its whole (the whole is
-                dropped), the budget is full, or the completed whole fails its digest or does
-                not decode to the message announced (the whole is dropped). A duplicate chunk
-                is not an error: it is ignored.
+                dropped), the budget is full, the spool cannot be written (the whole is
+                dropped: a full disk must not stop the service), or the completed whole fails
+                its digest or does not decode to the message announced (the whole is dropped).
+                A duplicate chunk is not an error: it is ignored.
         """
         key = (chunk.device_id, chunk.whole_id)
         pending = self._pending.get(key)
         if pending is None:
+            if self._ordered and chunk.index != 0:
+                self.strays += 1
+                return None
             pending = self._start(key, chunk, now, source, offset)
         elif not pending.matches(chunk):
             self._drop(key)
             raise ChunkError(f"chunk {chunk.index} of {chunk.whole_id!r} contradicts the first")
         if chunk.index in pending.received:
             return None
-        pending.spool.seek(chunk.start)
-        pending.spool.write(chunk.data)
-        pending.received.add(chunk.index)
-        if len(pending.received) < chunk.count:
-            return None
-        pending.spool.seek(0)
-        data = pending.spool.read()
+        try:
+            pending.spool.seek(chunk.start)
+            pending.spool.write(chunk.data)
+            pending.received.add(chunk.index)
+            if len(pending.received) < chunk.count:
+                return None
+            pending.spool.seek(0)
+            data = pending.spool.read()
+        except OSError as exc:
+            self._drop(key)
+            raise ChunkError(f"{chunk.whole_id!r}: cannot spool: {exc}") from exc
         self._drop(key)  # whatever follows, this whole is done
-        return Assembled(_assembled(data, pending.first), data)
+        return Assembled(_assembled(data, pending.first), data, pending.first_offset)
 
     def floor(self, source: Hashable) -> int | None:
         """The smallest offset of a first chunk from `source` whose whole is incomplete: a
@@ -213,7 +233,9 @@ class Reassembler:
         dropped = []
         for key in old:
             pending = self._pending[key]
-            dropped.append(Dropped(key[0], key[1], len(pending.received), pending.first.count))
+            dropped.append(
+                Dropped(key[0], key[1], len(pending.received), pending.first.count, pending.source)
+            )
             self._drop(key)
         return dropped
 
@@ -241,7 +263,10 @@ class Reassembler:
             raise ChunkError(
                 f"{chunk.whole_bytes} more bytes would exceed the {budget.max_bytes} held at most"
             )
-        spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 (closed in _drop)
+        try:
+            spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 (closed in _drop)
+        except OSError as exc:
+            raise ChunkError(f"{chunk.whole_id!r}: cannot spool: {exc}") from exc
         pending = _Pending(chunk, spool, now, source, offset)
         self._pending[key] = pending
         self._bytes += chunk.whole_bytes

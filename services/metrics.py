@@ -56,6 +56,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # valid records a handler has nothing to do with (not dead letters)
     CHUNKS_HELD = "chunks_held"  # chunks of a large message kept until the rest comes
     CHUNKS_EXPIRED = "chunks_expired"  # incomplete large messages given up (sender gone)
+    CHUNKS_STRAY = "chunks_stray"  # chunks of no incomplete whole, not its first: ignored
 
 
 class Latency(StrEnum):

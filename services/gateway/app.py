@@ -55,7 +55,7 @@ from services.gateway.logic import (
     route_outbound,
     subscriptions,
 )
-from services.gateway.ratelimit import Admission, DeviceRateLimiter
+from services.gateway.ratelimit import Admission, DeviceRateLimiter, message_cost
 from services.gateway.settings import GatewaySettings
 from services.handler import InboundRecord, Outbound
 from services.metrics import Outcome, ServiceMetrics
@@ -207,12 +207,10 @@ class Ingress:
 
     def _records(self, message: MqttMessage) -> list[EncodedRecord]:
         parsed = parse_device_topic(self._table, message.topic)
-        decision = route_inbound(self._table, message.topic, message.payload)
         if parsed is not None:
             device, kind = parsed
             if self._limiter is not None:
-                cost = decision.cost if isinstance(decision, Forward) else 1.0
-                admission = self._limiter.admit(device, cost)
+                admission = self._limiter.admit(device, message_cost(len(message.payload)))
                 if admission is not Admission.PASS:
                     self.notes["rate_limited"] += 1
                     if admission is Admission.DROP:
@@ -223,6 +221,7 @@ class Ingress:
             if retained is not None:
                 self.notes["retained_rejected"] += 1
                 return [self._dead_letter(message, retained)]
+        decision = route_inbound(self._table, message.topic, message.payload)
         if isinstance(decision, Forward):
             try:
                 records = [r for o in decision.outputs for r in encode_outbound(o, self._table)]

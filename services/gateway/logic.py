@@ -82,14 +82,12 @@ _EXPECTED: dict[InboundKind, type[Message]] = {
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Produce `outputs` (all of them acknowledged before the device's PUBACK); `cost` is
-    what the message is charged in the device's rate limit (a chunk: its share of one)."""
+    """Produce `outputs` (all of them acknowledged before the device's PUBACK)."""
 
     kind: InboundKind
     device: str
     message: Message
     outputs: tuple[Outbound, ...]
-    cost: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +173,7 @@ def _update_chunk(kind: InboundKind, device: str, chunk: MessageChunk) -> Forwar
         )
         return Reject(reason, "WrongMessageType", device)
     outputs = (Outbound(Topic.UPDATES, chunk.key, chunk),)
-    return Forward(kind, device, chunk, outputs, cost=1.0 / chunk.count)
+    return Forward(kind, device, chunk, outputs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas.limits import CHUNK_BYTES
+
 
 class Admission(StrEnum):
     """What to do with one message."""
@@ -83,6 +85,15 @@ class TokenBucket:
         return False
 
 
+def message_cost(nbytes: int) -> float:
+    """Tokens one MQTT message of `nbytes` bytes costs: 1, and one per chunk's worth of bytes
+    (`CHUNK_BYTES`) above that. Charged before decoding, from the size alone: a chunked
+    update (`schemas.chunks`) costs about one token per chunk, however its sender cut it, so
+    neither many tiny chunks nor a few huge messages get past the limit. An update of more
+    chunks than the burst is dropped: raise `FEDMOE_GATEWAY_BURST` for parts that large."""
+    return max(1.0, nbytes / CHUNK_BYTES)
+
+
 class DeviceRateLimiter:
     """Token buckets by device id, with dead-letter sampling of the drops.
 
@@ -104,8 +115,7 @@ class DeviceRateLimiter:
         return len(self._buckets)
 
     def admit(self, device: str, cost: float = 1.0) -> Admission:
-        """Charge one message of `device` (`cost` tokens: a chunk of a large update costs its
-        share of one message); see `Admission`."""
+        """Charge one message of `device`, `cost` tokens (`message_cost`); see `Admission`."""
         now = self._clock()
         if now - self._last_prune > self._limit.refill_s:
             self.prune(now)

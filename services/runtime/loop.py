@@ -107,7 +107,10 @@ class ConsumeLoop:
         # nothing is checkpointed or committed while they wait (else a restart would take the
         # redelivered record for a duplicate and the outputs would never be produced).
         self._unsent: list[EncodedRecord] = []
-        self._chunks = Reassembler()
+        self._chunks = Reassembler(ordered=True)  # a partition delivers a whole's chunks in order
+        # A whole reassembled from chunks whose handling was interrupted: its partition and
+        # first chunk's offset, which the batch's commit must not pass.
+        self._interrupted_whole: tuple[Partition, int] | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -289,15 +292,21 @@ class ConsumeLoop:
         self._metrics.inc(Outcome.RECEIVED, len(records))
         if not await self._flush_unsent():
             return  # the records stay uncommitted and are redone
-        self._expire_chunks()  # on every batch: a whole whose sender died must stop holding commits
         delivery = self._delivery()
         done: dict[Partition, int] = {}
-        sent: list[EncodedRecord] = []
+        # On every batch: a whole whose sender died must stop holding commits back.
+        sent: list[EncodedRecord] = self._expire_chunks()
+        if sent and not await delivery.send(sent):
+            self._unsent = sent
+            return
         for record in records:
             if self._interrupt.is_set():
                 break
             outputs = await self._handle_record(record)
             if outputs is None:
+                if self._interrupted_whole is not None:
+                    partition, first = self._interrupted_whole
+                    done[partition] = min(done.get(partition, first), first)
                 break
             sent += outputs
             if not await delivery.send(outputs):
@@ -331,7 +340,9 @@ class ConsumeLoop:
         raw = record.value
         try:
             message = decode(raw)
+            self._interrupted_whole = None
             if isinstance(message, MessageChunk):
+                strays = self._chunks.strays
                 assembled = self._chunks.add(
                     message,
                     self._clock(),
@@ -339,9 +350,12 @@ class ConsumeLoop:
                     offset=record.offset,
                 )
                 if assembled is None:
-                    self._metrics.inc(Outcome.CHUNKS_HELD)
+                    stray = self._chunks.strays > strays
+                    self._metrics.inc(Outcome.CHUNKS_STRAY if stray else Outcome.CHUNKS_HELD)
                     return []
                 message, raw = assembled.message, assembled.data
+                where = Partition(record.topic, record.partition)
+                self._interrupted_whole = (where, assembled.first_offset)
         except SchemaError as exc:
             return [self._dead_letter(record, None, str(exc), type(exc).__name__)]
         inbound = InboundRecord(
@@ -391,19 +405,34 @@ class ConsumeLoop:
                 reason = f"handler error: {type(exc).__name__}: {exc}"
                 return [self._dead_letter(record, message, reason, type(exc).__name__)]
             self._metrics.inc(Outcome.HANDLED)
+            self._interrupted_whole = None
             return encoded
 
-    def _expire_chunks(self) -> None:
+    def _expire_chunks(self) -> list[EncodedRecord]:
+        """Give up the incomplete wholes too old to complete: one dead letter each."""
+        letters = []
         for dropped in self._chunks.expire(self._clock()):
             self._metrics.inc(Outcome.CHUNKS_EXPIRED)
+            self._metrics.dead_letter("IncompleteMessage")
+            reason = f"{dropped.received} of {dropped.count} chunks came before it was given up"
             log.warning(
-                "%s: gave up %r of %r: %d of %d chunks came",
-                self.name,
-                dropped.whole_id,
-                dropped.device_id,
-                dropped.received,
-                dropped.count,
+                "%s: gave up %r of %r: %s", self.name, dropped.whole_id, dropped.device_id, reason
             )
+            topic, partition = dropped.source if isinstance(dropped.source, tuple) else ("", 0)
+            letter = dead_letter(
+                source=str(topic),
+                reason=reason,
+                error="IncompleteMessage",
+                original=b"",
+                message_id=f"{topic}/{partition}/incomplete/{dropped.whole_id}",
+                device_id=dropped.device_id,
+                service=self.name,
+                now=self._clock(),
+            )
+            letters += encode_outbound(
+                Outbound(self._dead_letter_topic, str(topic), letter), self._table
+            )
+        return letters
 
     def _dead_letter(
         self, record: ConsumedRecord, message: Message | None, reason: str, error: str

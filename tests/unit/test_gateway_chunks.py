@@ -22,11 +22,11 @@ from schemas import (
     encode,
 )
 from schemas.chunks import Reassembler, encode_records, split
-from schemas.limits import MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
+from schemas.limits import CHUNK_BYTES, MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
 from schemas.topics import Topic, TopicTable
 from services.gateway.app import EgressHandler, Ingress, _mqtt_payloads
 from services.gateway.logic import Forward, InboundKind, Reject, route_inbound
-from services.gateway.ratelimit import Admission, DeviceRateLimiter, RateLimit
+from services.gateway.ratelimit import Admission, DeviceRateLimiter, RateLimit, message_cost
 from services.handler import InboundRecord
 from services.metrics import Outcome, ServiceMetrics
 from services.runtime import Backoff
@@ -101,7 +101,6 @@ def test_each_chunk_of_a_large_part_update_is_forwarded_keyed_by_its_part() -> N
         decision = route_inbound(TABLE, "fleet/dev-1/update", payload)
         assert isinstance(decision, Forward)
         assert (decision.kind, decision.device) == (InboundKind.UPDATE, "dev-1")
-        assert decision.cost == pytest.approx(1.0 / count)
         (out,) = decision.outputs
         assert (out.topic, out.key) == (Topic.UPDATES, "expert-1")
         chunk = out.message
@@ -117,14 +116,12 @@ def test_each_chunk_of_a_large_part_update_is_forwarded_keyed_by_its_part() -> N
     assert same(assembled.message, update)
 
 
-def test_a_whole_message_costs_one_and_a_whole_part_update_is_not_taken_from_a_device() -> None:
+def test_a_whole_part_update_is_not_taken_from_a_device() -> None:
     decision = route_inbound(TABLE, "fleet/dev-1/update", encode(part_update()))
     assert isinstance(decision, Reject)  # a PartUpdate is what the gateway makes, not takes
     assert decision.error == "WrongMessageType"
     status = DeviceStatus(message_id="s", device_id="dev-1", round=0, timestamp=1.0, online=True)
-    forwarded = route_inbound(TABLE, "fleet/dev-1/status", encode(status))
-    assert isinstance(forwarded, Forward)
-    assert forwarded.cost == 1.0
+    assert isinstance(route_inbound(TABLE, "fleet/dev-1/status", encode(status)), Forward)
 
 
 def test_a_chunk_claiming_another_device_is_a_device_mismatch() -> None:
@@ -178,16 +175,15 @@ def test_a_chunk_on_a_telemetry_or_status_topic_is_the_wrong_message_type(kind: 
 # --- the rate limit ------------------------------------------------------------------------------
 
 
-def test_forty_chunks_of_one_fortieth_pass_where_three_whole_messages_do_not() -> None:
+def test_a_message_costs_one_token_and_one_per_chunk_of_bytes_above_that() -> None:
+    assert message_cost(0) == 1.0
+    assert message_cost(CHUNK_BYTES) == 1.0
+    assert message_cost(3 * CHUNK_BYTES) == 3.0
     clock = Clock()
-    limiter = DeviceRateLimiter(RateLimit(rate_per_s=1.0, burst=2.0), clock)
-    assert [limiter.admit("chunky", 1.0 / 40) for _ in range(40)] == [Admission.PASS] * 40
-    assert limiter.admit("chunky", 1.0) is Admission.PASS  # a whole message's worth was left
-    assert limiter.admit("chunky", 1.0 / 40) is not Admission.PASS
-    whole = [limiter.admit("whole") for _ in range(3)]
-    assert whole[:2] == [Admission.PASS] * 2
-    assert whole[2] is not Admission.PASS
-    assert limiter.dropped == 2
+    limiter = DeviceRateLimiter(RateLimit(rate_per_s=1.0, burst=4.0), clock)
+    assert limiter.admit("big", message_cost(3 * CHUNK_BYTES)) is Admission.PASS
+    assert limiter.admit("big", message_cost(CHUNK_BYTES)) is Admission.PASS
+    assert limiter.admit("big", message_cost(10)) is not Admission.PASS  # the burst is spent
 
 
 def _ingress(limiter: DeviceRateLimiter) -> Ingress:
@@ -203,7 +199,9 @@ def _ingress(limiter: DeviceRateLimiter) -> Ingress:
     )
 
 
-def test_the_ingress_charges_a_chunk_its_share_of_one_message() -> None:
+def test_the_ingress_charges_tiny_chunks_like_messages_before_decoding_them() -> None:
+    # A device cannot buy more records by cutting its update finer: 40 tiny chunks cost 40
+    # tokens, so a burst of 2 lets 2 through and drops (one sampled letter) the rest.
     limiter = DeviceRateLimiter(RateLimit(rate_per_s=1.0, burst=2.0), Clock())
     ingress = _ingress(limiter)
     chunks = small_chunks(part_update(4096), "expert-1", 40)
@@ -214,12 +212,11 @@ def test_the_ingress_charges_a_chunk_its_share_of_one_message() -> None:
             topic="fleet/dev-1/update", payload=encode(chunk), qos=1, retain=False, mid=i,
             connection=0,
         )  # fmt: skip
-        (record,) = ingress._records(message)
-        records.append(record)
-    assert {r.topic for r in records} == {TABLE.name(Topic.UPDATES)}
-    assert {r.key for r in records} == {b"expert-1"}
-    assert [decode(r.value) for r in records] == chunks
-    assert ingress.notes["rate_limited"] == 0
+        records += ingress._records(message)
+    forwarded = [r for r in records if r.topic == TABLE.name(Topic.UPDATES)]
+    assert [decode(r.value) for r in forwarded] == chunks[:2]
+    assert {r.key for r in forwarded} == {b"expert-1"}
+    assert ingress.notes["rate_limited"] == 38
 
 
 # --- egress: a large part version as retained chunks --------------------------------------------

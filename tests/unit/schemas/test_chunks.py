@@ -528,3 +528,22 @@ def test_a_decoded_chunks_data_is_bytes_and_never_unpickled() -> None:
     with pytest.raises(ChunkError):
         fresh().add(got, 0.0)
     assert PWNED == []
+
+
+def test_a_spool_that_cannot_be_written_is_a_chunk_error_and_drops_the_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tempfile
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    message = schemas.DeviceStatus(
+        message_id="m", device_id="dev-1", round=1, timestamp=1.0, online=True, reason="r" * 100
+    )
+    first = split(schemas.encode(message), message, chunk_bytes=32)[0]
+    reassembler = Reassembler()
+    with pytest.raises(ChunkError, match="cannot spool"):
+        reassembler.add(first, 0.0)
+    assert len(reassembler) == 0

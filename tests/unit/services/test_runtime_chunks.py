@@ -15,6 +15,7 @@ from schemas.chunks import Reassembler, encode_records, split
 from schemas.limits import MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
 from schemas.messages import Message
 from schemas.topics import Topic
+from services.errors import RetryLater
 from services.handler import InboundRecord, Outbound
 from services.metrics import Outcome, ServiceMetrics
 from services.runtime import ConsumeLoop
@@ -224,11 +225,53 @@ async def test_an_incomplete_whole_stops_holding_commits_once_it_is_too_old() ->
         name="unit", handler=handler, producer=producer, table=TABLE, settings=FAST,
         metrics=ServiceMetrics("unit"), clock=lambda: now[0],
     )  # fmt: skip
-    try:
-        await loop.process_batch([rec(0, a[0]), plain(1)], consumer)
-        assert consumer.commits[-1] == {P0: 0}
-        now[0] += 3600.0  # an hour later, only whole messages come
-        await loop.process_batch([plain(2), plain(3)], consumer)
-        assert consumer.commits[-1] == {P0: 4}
-    finally:
-        loop._chunks.close()  # the loop has no close of its own: free the spool file
+    await loop.process_batch([rec(0, a[0]), plain(1)], consumer)
+    assert consumer.commits[-1] == {P0: 0}
+    now[0] += 3600.0  # an hour later, only whole messages come
+    await loop.process_batch([plain(2), plain(3)], consumer)
+    assert consumer.commits[-1] == {P0: 4}
+    (letter,) = [m for m in producer.outputs(DLQ) if isinstance(m, DeadLetter)]
+    assert (letter.error, letter.device_id) == ("IncompleteMessage", "dev-1")
+    assert letter.reason.startswith("1 of 4 chunks came")
+
+
+class Interrupting(Recorder):
+    """Fails the chunked message with a retriable error and stops the loop meanwhile."""
+
+    loop: ConsumeLoop
+
+    async def handle(self, record: InboundRecord) -> list[Outbound]:
+        if isinstance(record.message, DeviceStatus) and record.message.message_id == "big-1":
+            self.loop.stop()
+            raise RetryLater("store busy")
+        return await super().handle(record)
+
+
+async def test_a_whole_whose_handling_was_interrupted_is_not_committed_past() -> None:
+    # [A#0, m1, A#1, A#2, m4, A#3, m6]: A fails and the loop stops while it waits to retry;
+    # the records before it were handled, but the commit must stay at A's first chunk.
+    a = chunk_values(large_status())
+    batch = [rec(0, a[0]), plain(1), rec(2, a[1]), rec(3, a[2]), plain(4), rec(5, a[3]), plain(6)]
+    handler, producer, consumer = Interrupting(), FakeProducer([]), FakeConsumer([])
+    loop = make_loop(handler, producer)
+    handler.loop = loop
+    await loop.process_batch(batch, consumer)
+    assert seen(handler) == [(0, 1, "m1"), (0, 4, "m4")]
+    assert consumer.committed() == {P0: 0}
+
+
+async def test_a_chunk_of_no_whole_that_is_not_a_first_is_a_stray_and_holds_nothing() -> None:
+    # After a restart at the first chunk of an incomplete whole, the tail of a whole handled
+    # before (interleaved on the partition) comes again: it is ignored, not held for 600 s.
+    a, b = chunk_values(large_status("a")), chunk_values(large_status("b"))
+    handler, producer, consumer = Recorder(), FakeProducer([]), FakeConsumer([])
+    metrics = ServiceMetrics("unit")
+    loop = make_loop(handler, producer, metrics)
+    batch = [rec(1, a[0]), rec(2, b[1]), rec(3, b[2]), rec(4, b[3]), rec(5, a[1])]
+    await loop.process_batch(batch, consumer)
+    assert seen(handler) == []
+    assert metrics.get(Outcome.CHUNKS_STRAY) == 3
+    assert consumer.committed() == {P0: 1}  # held by a, not by b's tail
+    await loop.process_batch([rec(6, a[2]), rec(7, a[3])], consumer)
+    assert seen(handler) == [(0, 7, "a")]
+    assert consumer.committed() == {P0: 8}
