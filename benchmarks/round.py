@@ -1,6 +1,7 @@
 """The bus's own overhead per round, at a given fleet size.
 
     python -m benchmarks.round [--devices 100,1000] [--rounds 12] [--time-scale 2]
+    FEDMOE_MATCHER_OPEN_ON_RECENT=1 python -m benchmarks.round ...   (the matcher's early open)
 
 For each fleet size it runs a deployment (embedded brokers, every service as its own process,
 `fedmoe.demo.deployment`) and `fedmoe fleet` with static devices (no jitter, no stragglers, so
@@ -58,6 +59,7 @@ from clients.world import FleetWorld
 from fedmoe.demo.deployment import deployment
 from fedmoe.demo.processes import fedmoe_argv
 from fedmoe.scenario import ScenarioSettings
+from fedmoe.settings import load_settings
 from moe.scenario import build_scenario, device_id
 from schemas.messages import (
     Assignment,
@@ -70,6 +72,7 @@ from schemas.messages import (
 )
 from schemas.topics import Topic
 from services.handler import InboundRecord, Outbound
+from services.matcher.settings import MatcherSettings
 from services.runtime import RuntimeSettings, ServiceRuntime
 
 GOALS_S = {100: None, 1000: 0.1, 10000: 1.0}  # the issue's goals for the overhead per round
@@ -226,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         params = {
             "devices": n,
+            "open_on_recent": load_settings(MatcherSettings, os.environ).open_on_recent,
             "fleet_processes": processes,
             "time_scale": args.time_scale,
             "rounds": figures.pop("rounds"),

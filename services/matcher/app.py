@@ -63,6 +63,7 @@ def build_clock(settings: MatcherSettings, scenario_settings: ScenarioSettings) 
         fleet_size=scenario_settings.devices,
         wait_for_load=settings.wait_for_load,
         settle_quorum=settings.settle_quorum,
+        open_on_recent=settings.open_on_recent,
     )
     return RoundClock(config, planner)
 

@@ -582,11 +582,17 @@ def test_rounds_with_devices_and_nothing_applied_count_as_starved() -> None:
     assert clock.starved_rounds == 0
 
 
-def test_from_round_two_a_round_opens_once_every_recent_reporter_reported() -> None:
+@pytest.mark.parametrize("open_on_recent", [True, False])
+def test_from_round_two_a_round_opens_once_every_recent_reporter_reported(
+    open_on_recent: bool,
+) -> None:
     # Ten devices in the scenario, four of them never online (no profile): the scenario's count
     # is never reached, yet round 2 opens the moment the six that reported lately all did,
-    # without waiting out the quiet period. Round 1 cannot use the rule (nobody had reported).
-    clock = make_clock(fleet_size=10, wait_for_load=False, settle_quorum=0.5)
+    # without waiting out the quiet period, when `open_on_recent` says so; else it waits for
+    # quiet. Round 1 cannot use the rule (nobody had reported).
+    clock = make_clock(
+        fleet_size=10, wait_for_load=False, settle_quorum=0.5, open_on_recent=open_on_recent
+    )
     closed_at = run_genesis(clock)
     clock.apply(snapshot(0, 1), at=closed_at)
     assert clock.advance(closed_at + 0.1) == []  # one report for round 1 is not "everyone"
@@ -602,5 +608,10 @@ def test_from_round_two_a_round_opens_once_every_recent_reporter_reported() -> N
         clock.apply(snapshot(i, 2, online=i != 4), at=t)
     assert clock.advance(t + 0.01) == []  # five of the six recent reporters
     clock.apply(snapshot(5, 2), at=t + 0.02)
-    assert of_type(clock.advance(t + 0.03), RoundOpened)  # no quiet period
-    assert clock.last_opening == "all-recent-reported: 5 candidates, 6 devices reported"
+    if open_on_recent:
+        assert of_type(clock.advance(t + 0.03), RoundOpened)  # no quiet period
+        assert clock.last_opening == "all-recent-reported: 5 candidates, 6 devices reported"
+    else:
+        assert clock.advance(t + 0.03) == []
+        assert of_type(clock.advance(t + 0.6), RoundOpened)
+        assert clock.last_opening == "settled: 5 candidates, 6 devices reported"
