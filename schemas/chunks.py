@@ -93,12 +93,15 @@ class Budget:
         max_per_device: incomplete wholes of one device at once (so one device cannot take
             every slot: its chunk opening one more is refused).
         max_bytes: their declared sizes together (disk, not memory).
+        max_bytes_per_device: one device's declared sizes together (so one device cannot
+            take the whole of `max_bytes`).
         max_age_s: an incomplete whole older than this (from its first chunk) is dropped.
     """
 
     max_wholes: int = 256
     max_per_device: int = 8
     max_bytes: int = 8 * MAX_ASSEMBLED_BYTES
+    max_bytes_per_device: int = 2 * MAX_ASSEMBLED_BYTES
     max_age_s: float = 600.0
 
 
@@ -255,9 +258,15 @@ class Reassembler:
         budget = self._budget
         if len(self._pending) >= budget.max_wholes:
             raise ChunkError(f"{budget.max_wholes} incomplete wholes held already")
-        if sum(1 for device, _ in self._pending if device == key[0]) >= budget.max_per_device:
+        mine = [p for (device, _), p in self._pending.items() if device == key[0]]
+        if len(mine) >= budget.max_per_device:
             raise ChunkError(
                 f"{budget.max_per_device} incomplete wholes of {key[0]!r} held already"
+            )
+        if sum(p.first.whole_bytes for p in mine) + chunk.whole_bytes > budget.max_bytes_per_device:
+            raise ChunkError(
+                f"{key[0]!r} would hold more than {budget.max_bytes_per_device} bytes of "
+                "incomplete wholes"
             )
         if self._bytes + chunk.whole_bytes > budget.max_bytes:
             raise ChunkError(

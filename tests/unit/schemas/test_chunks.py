@@ -547,3 +547,14 @@ def test_a_spool_that_cannot_be_written_is_a_chunk_error_and_drops_the_whole(
     with pytest.raises(ChunkError, match="cannot spool"):
         reassembler.add(first, 0.0)
     assert len(reassembler) == 0
+
+
+def test_one_device_cannot_take_the_whole_byte_budget() -> None:
+    reassembler = fresh(Budget(max_bytes=1000, max_bytes_per_device=300))
+    one, two = chunks_of(sized(200, "w-1"), 64), chunks_of(sized(200, "w-2"), 64)
+    assert reassembler.add(one[0], 0.0) is None
+    with pytest.raises(ChunkError, match="more than 300 bytes"):
+        reassembler.add(two[0], 0.0)
+    other = dataclasses.replace(two[0], device_id="dev-2")
+    assert reassembler.add(other, 0.0) is None  # another device still has room
+    assert len(reassembler) == 2
