@@ -24,7 +24,7 @@ from enum import StrEnum
 
 from moe.training import LocalResult
 from moe.wire import model_update, update_id
-from schemas.chunks import split
+from schemas.chunks import encode_records
 from schemas.codec import encode
 from schemas.limits import MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
 from schemas.messages import Assignment, ModelUpdate, UpdateAck, split_update
@@ -56,9 +56,8 @@ def update_payloads(update: ModelUpdate, max_bytes: int = MAX_MESSAGE_BYTES) -> 
     if len(data) <= max_bytes:
         return (data,)
     payloads: list[bytes] = []
-    for part in split_update(update):
-        whole = encode(part, max_bytes=MAX_ASSEMBLED_BYTES)
-        payloads += (encode(c) for c in split(whole, part, key=part.payload.part))
+    for part in split_update(update):  # max_bytes 0: chunked, however small
+        payloads += encode_records(part, key=part.payload.part, max_bytes=0)
     return tuple(payloads)
 
 
