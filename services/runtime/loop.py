@@ -405,7 +405,6 @@ class ConsumeLoop:
                 reason = f"handler error: {type(exc).__name__}: {exc}"
                 return [self._dead_letter(record, message, reason, type(exc).__name__)]
             self._metrics.inc(Outcome.HANDLED)
-            self._interrupted_whole = None
             return encoded
 
     def _expire_chunks(self) -> list[EncodedRecord]:

@@ -4,13 +4,11 @@ share of one message; part versions over one MQTT message published as retained 
 from __future__ import annotations
 
 import dataclasses
-from typing import cast
 
 import numpy as np
 import pytest
 
-from brokers.kafka import Producer
-from brokers.mqtt import MqttMessage, MqttSession
+from brokers.mqtt import MqttMessage
 from schemas import (
     DeviceStatus,
     MessageChunk,
@@ -23,18 +21,16 @@ from schemas import (
 )
 from schemas.chunks import Reassembler, encode_records, split
 from schemas.limits import CHUNK_BYTES, MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
-from schemas.topics import Topic, TopicTable
-from services.gateway.app import EgressHandler, Ingress, _mqtt_payloads
+from schemas.topics import Topic
+from services.gateway.app import EgressHandler, _mqtt_payloads
 from services.gateway.logic import Forward, InboundKind, Reject, route_inbound
 from services.gateway.ratelimit import Admission, DeviceRateLimiter, RateLimit, message_cost
 from services.handler import InboundRecord
 from services.metrics import Outcome, ServiceMetrics
-from services.runtime import Backoff
 from tests.unit.schemas.helpers import same
+from tests.unit.services.test_gateway_ratelimit import TABLE, _ingress
 
 pytestmark = pytest.mark.timeout(30)
-
-TABLE = TopicTable(namespace="unit", mqtt_root="fleet")
 
 
 class Clock:
@@ -184,19 +180,6 @@ def test_a_message_costs_one_token_and_one_per_chunk_of_bytes_above_that() -> No
     assert limiter.admit("big", message_cost(3 * CHUNK_BYTES)) is Admission.PASS
     assert limiter.admit("big", message_cost(CHUNK_BYTES)) is Admission.PASS
     assert limiter.admit("big", message_cost(10)) is not Admission.PASS  # the burst is spent
-
-
-def _ingress(limiter: DeviceRateLimiter) -> Ingress:
-    return Ingress(
-        session=cast(MqttSession, None),  # `_records` never touches the session or producer
-        producer=cast(Producer, None),
-        table=TABLE,
-        metrics=ServiceMetrics("gateway"),
-        backoff=Backoff(0.1, 1.0),
-        window=8,
-        clock=lambda: 5.0,
-        limiter=limiter,
-    )
 
 
 def test_the_ingress_charges_tiny_chunks_like_messages_before_decoding_them() -> None:

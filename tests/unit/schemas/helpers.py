@@ -41,6 +41,19 @@ def same(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
 
 
+# A payload that runs `_pwn` if anyone unpickles it: tests assert `PWNED` stays empty.
+PWNED: list[str] = []
+
+
+def _pwn() -> None:  # called only if someone unpickles
+    PWNED.append("pwned")
+
+
+class Evil:
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_pwn, ())
+
+
 ENV: dict[str, Any] = {
     "message_id": "m-1",
     "device_id": "dev-1",

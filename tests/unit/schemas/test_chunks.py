@@ -18,20 +18,9 @@ from schemas.chunks import Budget, ChunkError, Dropped, Reassembler, encode_reco
 from schemas.errors import InvalidFieldError, OversizeError
 from schemas.limits import CHUNK_BYTES, MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
 from schemas.messages import DeviceStatus, MessageChunk, PartVersion
-from tests.unit.schemas.helpers import pack, raw, same
+from tests.unit.schemas.helpers import PWNED, Evil, pack, raw, same
 
 pytestmark = pytest.mark.timeout(30)
-
-PWNED: list[str] = []
-
-
-def _pwn() -> None:  # called only if someone unpickles
-    PWNED.append("pwned")
-
-
-class _Evil:
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return (_pwn, ())
 
 
 def status(
@@ -504,7 +493,7 @@ def test_chunk_fields_of_the_wrong_wire_type_are_rejected() -> None:
 
 
 def test_a_decoded_chunks_data_is_bytes_and_never_unpickled() -> None:
-    evil = pickle.dumps(_Evil())
+    evil = pickle.dumps(Evil())
     whole = evil + bytes(8 - len(evil) % 8)
     digest = hashlib.sha256(whole).digest()
     chunk = MessageChunk(

@@ -23,18 +23,7 @@ from schemas.limits import (
     MAX_MESSAGE_BYTES,
     MAX_STR_BYTES,
 )
-from tests.unit.schemas.helpers import ENV, pack, raw, samples
-
-PWNED: list[str] = []
-
-
-def _pwn() -> None:  # called only if someone unpickles
-    PWNED.append("pwned")
-
-
-class _Evil:
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return (_pwn, ())
+from tests.unit.schemas.helpers import ENV, PWNED, Evil, pack, raw, samples
 
 
 def _status() -> dict[str, Any]:
@@ -289,9 +278,9 @@ def test_msgpack_timestamp_where_a_tensor_or_float_belongs() -> None:
 
 
 def test_pickle_payload_is_never_unpickled() -> None:
-    evil = pickle.dumps(_Evil())
+    evil = pickle.dumps(Evil())
     for proto in range(pickle.HIGHEST_PROTOCOL + 1):
-        for data in (pickle.dumps(_Evil(), protocol=proto), pickle.dumps({"v": [1, 0]}, proto)):
+        for data in (pickle.dumps(Evil(), protocol=proto), pickle.dumps({"v": [1, 0]}, proto)):
             with pytest.raises(schemas.SchemaError):
                 schemas.decode(data)
     # As a bin field, it stays bytes.
