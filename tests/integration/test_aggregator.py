@@ -174,6 +174,12 @@ async def test_a_round_over_the_bus_gives_the_reference_fedavg(
         await produce(broker_env, records)
         await rounds.wait_until(lambda ms: closed_parts(ms, 1) == set(parts), 45, "round 1 closed")
         await acks.wait_until(lambda ms: len(ms) >= 2 * n_devices + 1, 10, "every ack")
+        published = {(p, 0) for p in parts} | {(p, 1) for p in sent}
+        await model.wait_until(
+            lambda ms: published <= {(m.part, m.version) for m in ms if isinstance(m, PartVersion)},
+            10,
+            "v0 of every part and v1 of the trained ones read back",
+        )
         runtime.stop()
         await asyncio.wait_for(runtime.wait(), 20)
     ack_status = Counter(
