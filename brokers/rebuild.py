@@ -151,11 +151,11 @@ async def replay_topics(
                 for tp in list(remaining):
                     if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
+        for r in latest.values():
+            keep(r)
     finally:
+        chunks.close()  # the spools of wholes left incomplete
         await _stop_quietly(consumer, broker.request_timeout_s, "replay consumer")
-    for r in latest.values():
-        keep(r)
-    chunks.close()
     if skipped:
         log.warning("replay of %s skipped %d undecodable records", names, skipped)
     records.sort(key=lambda r: (r.topic, r.partition, r.offset))

@@ -148,18 +148,21 @@ class DeviceAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set: then say goodbye and disconnect cleanly."""
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            link = group.create_task(self._run_link(), name=f"{self.device}:mqtt")
-            stopped = group.create_task(stop.wait(), name=f"{self.device}:stop-watch")
-            await asyncio.wait({link, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in list(self._work):
-                task.cancel()
-            if not link.done():
-                await self._goodbye()
-                link.cancel()
-            stopped.cancel()
-        self._group = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                link = group.create_task(self._run_link(), name=f"{self.device}:mqtt")
+                stopped = group.create_task(stop.wait(), name=f"{self.device}:stop-watch")
+                await asyncio.wait({link, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                for task in list(self._work):
+                    task.cancel()
+                if not link.done():
+                    await self._goodbye()
+                    link.cancel()
+                stopped.cancel()
+        finally:
+            self._group = None
+            self._filter.close()  # the spools of model versions left incomplete
 
     async def _run_link(self) -> None:
         try:

@@ -118,6 +118,10 @@ class InboundFilter:
         topic = self._table.mqtt(MqttTopic.MODEL, part=part)
         return [topic, f"{topic}/+"]
 
+    def close(self) -> None:
+        """Drop the incomplete chunked versions held (their temporary files)."""
+        self._chunks.close()
+
     def classify(self, topic: str, payload: bytes, now: float = 0.0) -> Inbound | Drop:
         """The message to act on, or why not (`now`: the clock, to give up stale chunks)."""
         expected: type[Message]

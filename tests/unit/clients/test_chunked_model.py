@@ -217,3 +217,15 @@ def test_forget_drops_the_versions_held_of_some_parts() -> None:
     assert store.versions() == {"expert-1": 3}
     with pytest.raises(KeyError):
         store.take([SHARED])
+
+
+def test_close_drops_the_chunks_held() -> None:
+    inbound = device_filter()
+    version = part_version("expert-1", 2, weights()["expert-1"])
+    published = chunked(version)
+    for topic, payload in published[:-1]:
+        assert inbound.classify(topic, payload, 10.0) == ChunkHeld("expert-1")
+    inbound.close()
+    # The earlier chunks went with their temporary file: the last one alone makes nothing.
+    assert inbound.classify(*published[-1], 10.0) == ChunkHeld("expert-1")
+    inbound.close()  # else the file of that last chunk's whole is left open
