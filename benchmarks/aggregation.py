@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from moe.aggregation.base import AggregationRule, PartAccumulator
@@ -223,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sizes = QUICK_SIZES if args.quick else FULL_SIZES
     machine = {"machine": platform.machine(), "cpus": _cpus()}
+    torch.set_num_threads(1)  # the fold's torch kernels on one core, as the numpy ceiling
     for nbytes in sizes:
         updates = args.updates if nbytes <= 64 * MB else max(2, args.updates // 4)
         for rule in args.rules.split(","):

@@ -252,9 +252,12 @@ class AggregationRule(ABC):
         return accumulator
 
 
-def cast_like(values: Mapping[str, NDArray[np.float64]], base: PartTensors) -> dict[str, Any]:
-    """Cast float64 results back to each base tensor's dtype (shapes are already the base's)."""
-    return {name: values[name].astype(base[name].dtype, copy=False) for name in base}
+def cast_like(
+    values: Mapping[str, NDArray[Any]], base: PartTensors, *, copy: bool = False
+) -> dict[str, Any]:
+    """Cast results back to each base tensor's dtype (shapes are already the base's); with
+    `copy`, new arrays even where the dtype is the same."""
+    return {name: values[name].astype(base[name].dtype, copy=copy) for name in base}
 
 
 def check_state_array(
@@ -266,7 +269,7 @@ def check_state_array(
         arrays: checkpointed arrays.
         key: the array's key.
         spec: the shape (and, unless `dtype` is given, dtype) it must have.
-        dtype: overrides the dtype required (accumulators keep float64 sums).
+        dtype: overrides the dtype required (an accumulator's own state dtype).
 
     Returns:
         A writable copy of the array.

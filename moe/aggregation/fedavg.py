@@ -2,7 +2,8 @@
 
 The new part is `Σ wᵢ·xᵢ / Σ wᵢ` with `xᵢ = base + clip(uᵢ − base)`, which without clipping is
 exactly the weighted average of the updates (McMahan et al., 2017). Only a running weighted
-mean of the xᵢ (float64, one array per parameter) and the total weight are kept, so memory is
+mean of the xᵢ (one array per parameter, float32 for float32 parameters:
+`moe.aggregation.kernels.state_dtype`) and the total weight are kept, so memory is
 O(parameters) however many devices report: updates are never buffered.
 
 Why a running mean (`m ← (1 − sₖ)·m + sₖ·xₖ`, `sₖ = wₖ/Wₖ`) rather than a running sum
@@ -10,7 +11,7 @@ Why a running mean (`m ← (1 − sₖ)·m + sₖ·xₖ`, `sₖ = wₖ/Wₖ`) ra
 (which would underflow) or a huge one (which would overflow the sum) still averages right. A
 mean of updates rather than of deltas lets an unclipped update (the common case) fold without
 touching the base: the fold runs at memory speed (`moe.aggregation.kernels`,
-`benchmarks/aggregation.py`); float64 keeps the small changes a round makes.
+`benchmarks/aggregation.py`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from moe.aggregation.base import (
     check_state_array,
 )
 from moe.aggregation.errors import SnapshotError
-from moe.aggregation.kernels import fold_into_mean
+from moe.aggregation.kernels import fold_into_mean, state_dtype
 from moe.errors import InvalidArgumentError
-from moe.tensors import PartTensors
+from moe.tensors import PartTensors, TensorSpec
 
 _MEAN_OF = "updates"
-"""What the state's float64 arrays are a running weighted mean of (checked on restore)."""
+"""What the state's arrays are a running weighted mean of (checked on restore)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +84,14 @@ class FedAvgAccumulator(PartAccumulator):
     def __init__(self, base: PartTensors, max_norm: float | None = None) -> None:
         super().__init__(base)
         self._max_norm = max_norm
-        self._means = {name: np.zeros(s.shape, np.float64) for name, s in self._layout.items()}
+        self._means = {
+            name: np.zeros(s.shape, state_dtype(s.dtype)) for name, s in self._layout.items()
+        }
         self._clipped = 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the float64 means: fixed by the layout, independent of the update count."""
+        """Bytes of the running means: fixed by the layout, independent of the update count."""
         return sum(int(m.nbytes) for m in self._means.values())
 
     @property
@@ -112,7 +115,7 @@ class FedAvgAccumulator(PartAccumulator):
             fold_into_mean(mean, tensors[name], share, self._base[name], scale)
 
     def _result(self) -> dict[str, NDArray[Any]]:
-        return cast_like(self._means, self._base)
+        return cast_like(self._means, self._base, copy=True)  # the means go on changing
 
     def _state(self) -> tuple[Plain, dict[str, NDArray[Any]]]:
         meta = {"clipped": self._clipped, "mean_of": _MEAN_OF}
@@ -128,7 +131,16 @@ class FedAvgAccumulator(PartAccumulator):
         if set(arrays) != set(self._means):
             raise SnapshotError(f"fedavg arrays {sorted(arrays)} != {sorted(self._means)}")
         self._means = {
-            name: check_state_array(arrays, name, spec, "float64")
-            for name, spec in self._layout.items()
+            name: _state_array(arrays, name, spec) for name, spec in self._layout.items()
         }
         self._clipped = clipped
+
+
+def _state_array(arrays: Mapping[str, NDArray[Any]], name: str, spec: TensorSpec) -> NDArray[Any]:
+    """A checkpointed mean, in the state dtype; a float64 one (kept by versions that held
+    float64 means) is narrowed to it."""
+    dtype = state_dtype(spec.dtype)
+    array = arrays.get(name)
+    if isinstance(array, np.ndarray) and array.dtype == np.float64 and dtype != np.float64:
+        return check_state_array(arrays, name, spec, "float64").astype(dtype)
+    return check_state_array(arrays, name, spec, dtype.name)

@@ -316,7 +316,7 @@ def test_fedavg_state_does_not_grow_with_updates() -> None:
     for i, update in enumerate(make_updates(base, 64, 1)):
         accumulator.add(f"d{i}", update, 1.0)
         sizes.append(accumulator.nbytes)
-    assert set(sizes) == {params * 8}  # one float64 sum per parameter, whatever the count
+    assert set(sizes) == {params * 4}  # one float32 mean per parameter, whatever the count
 
 
 def test_fedavg_keeps_no_reference_to_updates() -> None:
@@ -512,3 +512,22 @@ def test_rules_round_trip_through_json(rule: AggregationRule) -> None:
 def test_bad_rule_configuration_is_an_invalid_argument(name: str, kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgumentError):
         make_rule(name, **kwargs)
+
+
+def test_a_fedavg_checkpoint_of_float64_means_is_narrowed_on_restore() -> None:
+    """Checkpoints written while the means were float64 still restore (then in float32)."""
+    base = make_base()
+    updates = make_updates(base, 2, 5)
+    first = FedAvg().start(base)
+    first.add("d0", updates[0], 2.0)
+    state = first.state()
+    wide = {name: array.astype(np.float64) for name, array in state.arrays.items()}
+    resumed = FedAvg().restore(base, type(state)(state.meta, wide))
+    assert {a.dtype for a in resumed.state().arrays.values()} == {np.dtype(np.float32)}
+    first.add("d1", updates[1], 1.0)
+    resumed.add("d1", updates[1], 1.0)
+    got, want = resumed.result(), first.result()
+    assert got is not None
+    assert want is not None
+    for name in base:
+        np.testing.assert_array_equal(got[name], want[name])
