@@ -155,9 +155,20 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     (`expert_loss`), else c's overall RMS loss (`data_loss`), else the median of the known
     ones (1 when none is known). Scaled to [0, 1] by its maximum over the round (the 95th
     percentile, clipped, so one outlier does not flatten the rest)."""
-    c, e = problem.num_clients, problem.num_experts
-    if c == 0 or e == 0:
-        return np.zeros((c, e))
+    u = np.empty((problem.num_clients, problem.num_experts))
+    top = _raw_utility(problem, u)
+    if top <= 0:
+        return np.zeros_like(u)
+    u /= top
+    return np.minimum(u, 1.0, out=u)
+
+
+def _raw_utility(problem: MatchingInput, out: FloatArray) -> float:
+    """|B_c|·A(c,e)·L(c,e) into `out` (C, E), row block by row block; its scale (the 95th
+    percentile; 0 for an empty matrix)."""
+    c = problem.num_clients
+    if out.size == 0:
+        return 0.0
     overall = (
         np.full(c, np.nan)
         if problem.data_loss is None
@@ -168,19 +179,28 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     samples = (
         np.ones(c) if problem.num_samples is None else np.asarray(problem.num_samples, np.float64)
     )
-    # In place: at 10^5 clients × 256 experts every temporary is 200 MB.
-    u = _at_least_zero(problem.affinity)
-    np.multiply(samples[:, None], u, out=u)
-    if problem.expert_loss is None:
-        u *= overall[:, None]
-    else:
-        loss = np.asarray(problem.expert_loss, dtype=np.float64)
-        u *= np.where(np.isfinite(loss), loss, overall[:, None])
-    top = _scale_quantile(u)
-    if top <= 0:
-        return np.zeros((c, e))
-    u /= top
-    return np.minimum(u, 1.0, out=u)
+    loss = None if problem.expert_loss is None else np.asarray(problem.expert_loss, np.float64)
+    affinity = np.asarray(problem.affinity)
+    for rows in _row_blocks(problem):
+        u = out[rows]
+        np.maximum(affinity[rows], 0.0, out=u)
+        np.multiply(samples[rows, None], u, out=u)
+        if loss is None:
+            u *= overall[rows, None]
+        else:
+            u *= np.where(np.isfinite(loss[rows]), loss[rows], overall[rows, None])
+    return _scale_quantile(out)
+
+
+BLOCK_PAIRS: Final = 1 << 16
+"""Pairs per row block of the scores: 512 KB of float64 per temporary, so each block's terms
+stay in the CPU cache (a whole-matrix temporary at 10^6 × 256 is 2 GB and faults in fresh
+pages on every pass)."""
+
+
+def _row_blocks(problem: MatchingInput) -> list[slice]:
+    rows = max(1, BLOCK_PAIRS // max(problem.num_experts, 1))
+    return [slice(i, i + rows) for i in range(0, problem.num_clients, rows)]
 
 
 QUANTILE_SAMPLE: Final = 1 << 20
@@ -202,13 +222,13 @@ def _scale_quantile(u: FloatArray) -> float:
     return float(np.quantile(flat, 0.95)) if flat.size else 0.0
 
 
-def exploration_bonus(problem: MatchingInput) -> FloatArray:
-    """X(c,e) = sqrt(ln(t + 2) / (1 + n_ce)); n_ce from `trials`, else 0 where Q is NaN
-    and 1 where it was measured."""
+def exploration_bonus(problem: MatchingInput, rows: slice = slice(None)) -> FloatArray:
+    """X(c,e) = sqrt(ln(t + 2) / (1 + n_ce)) for the clients `rows`; n is 0 where never
+    measured and 1 where it was measured."""
     if problem.trials is not None:
-        n = _at_least_zero(problem.trials)
+        n = _at_least_zero(np.asarray(problem.trials)[rows])
     else:
-        n = (~np.isnan(np.asarray(problem.quality, dtype=np.float64))).astype(np.float64)
+        n = (~np.isnan(np.asarray(problem.quality, dtype=np.float64)[rows])).astype(np.float64)
     n += 1.0
     np.divide(math.log(max(problem.round, 0) + 2.0), n, out=n)
     return np.sqrt(n, out=n)
@@ -216,6 +236,9 @@ def exploration_bonus(problem: MatchingInput) -> FloatArray:
 
 def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None) -> FloatArray:
     """F(c, e) for every client and expert, shape (C, E). See the module docstring.
+
+    Computed row block by row block (`BLOCK_PAIRS`), each pair's terms in the same order as
+    the formula, so the blocks change no bit of the result.
 
     Args:
         problem: the round's matching input.
@@ -226,34 +249,48 @@ def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None
         passes the effective capacity to the solver).
     """
     w = weights or FitnessWeights()
-    # In place where possible: at 10^5 clients × 256 experts every temporary is 200 MB.
-    a = normalised_affinity(problem.affinity)
-    f = _at_least_zero(problem.quality)
-    np.minimum(f, 1.0, out=f)
-    unmeasured = np.isnan(f)
-    np.copyto(f, a, where=unmeasured)  # new pairs start from Ã
-    f *= w.quality
-    a *= w.affinity
-    f += a
-    del a
+    out = np.empty((problem.num_clients, problem.num_experts))
+    # Ũ's scale is a quantile over every pair: its raw values go into `out` first.
+    top = _raw_utility(problem, out) if w.utility > 0 else 0.0
     s = np.clip(np.asarray(problem.capability, dtype=np.float64), 0.0, 1.0)
     cv, _ = imbalance(problem.expert_clients)
     w_load = w.load * (1.0 + w.load_gain * cv)
-    f += (w.capability * s)[:, None]
-    if w.utility > 0:
-        f += w.utility * statistical_utility(problem)
-    f -= (w_load * load_pressure(problem, w))[None, :]
-    if w.exploration > 0:
-        base = w.exploration * math.sqrt(math.log(max(problem.round, 0) + 2.0))
-        if problem.trials is None:
-            # Two values only: untried (n = 0) and measured (n = 1).
-            f += base / math.sqrt(2.0)
-            np.add(f, base * (1.0 - 1.0 / math.sqrt(2.0)), out=f, where=unmeasured)
-        else:
-            x = exploration_bonus(problem)
-            x *= w.exploration
-            f += x
-    return f
+    capability = w.capability * s
+    pressure = w_load * load_pressure(problem, w)
+    explore = w.exploration * math.sqrt(math.log(max(problem.round, 0) + 2.0))
+    affinity = np.asarray(problem.affinity)
+    quality = np.asarray(problem.quality)
+    for rows in _row_blocks(problem):
+        a = normalised_affinity(affinity[rows])
+        f = _at_least_zero(quality[rows])
+        np.minimum(f, 1.0, out=f)
+        unmeasured = np.isnan(f)
+        np.copyto(f, a, where=unmeasured)  # new pairs start from Ã
+        f *= w.quality
+        a *= w.affinity
+        f += a
+        f += capability[rows, None]
+        if w.utility > 0:
+            u = out[rows]
+            if top > 0:
+                u /= top
+                np.minimum(u, 1.0, out=u)
+            else:
+                u[...] = 0.0
+            u *= w.utility
+            f += u
+        f -= pressure[None, :]
+        if w.exploration > 0:
+            if problem.trials is None:
+                # Two values only: untried (n = 0) and measured (n = 1).
+                f += explore / math.sqrt(2.0)
+                np.add(f, explore * (1.0 - 1.0 / math.sqrt(2.0)), out=f, where=unmeasured)
+            else:
+                x = exploration_bonus(problem, rows)
+                x *= w.exploration
+                f += x
+        out[rows] = f
+    return out
 
 
 def deadline_capacity(
