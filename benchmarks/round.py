@@ -35,6 +35,12 @@ One JSON line per (devices, figure): `{"benchmark": "round", "figure", "unit", "
 "ceiling": null, "ratio": null, "goal", ...params}`: `overhead_median_s`, `overhead_p90_s`,
 `close_lag_median_s`, `open_gap_median_s`, `announce_median_s`, `profile_median_s`,
 `decide_median_s`, with `rounds` measured and `deadline_rounds`.
+
+Beside them, what each process spent in CPU over the rounds after the warmup (`benchmarks.cpu`,
+from /proc), per round: one `cpu_s_per_round` line per `role` (each service, `mosquitto`,
+`kafka`, `fleet`), `bus_cpu_s_per_round` (every role but the fleet's), `fleet_cpu_s_per_round`
+and `wall_s_per_round`. On a host whose cores the simulated devices share, the bus's CPU per
+round over the cores bounds from below what its overhead would be with the devices elsewhere.
 """
 
 from __future__ import annotations
@@ -48,12 +54,14 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import ProcessCpu, cpu_by_role, snapshot
 from brokers.settings import BrokerSettings
 from clients.world import FleetWorld
 from fedmoe.demo.deployment import deployment
@@ -203,12 +211,35 @@ async def measure(
     ):
         fleet_env = {**dep.env, "FEDMOE_FLEET_PROCESSES": str(fleet_processes)}
         await dep.group.start("fleet", fedmoe_argv("fleet"), fleet_env)
+        before: dict[int, ProcessCpu] | None = None
+        started = 0.0
         async with asyncio.timeout(timeout_s):
             while rounds not in log.closed:
                 log.changed.clear()
                 await log.changed.wait()
+                if before is None and warmup + 1 in log.opened:
+                    before, started = snapshot(), time.monotonic()
+        if before is None:
+            raise RuntimeError(f"round {warmup + 1} never opened")
+        spent = cpu_by_role(before, snapshot(), os.getpid())
+        window = rounds - warmup
+        wall_s = (time.monotonic() - started) / window
         await dep.group.stop("fleet", timeout_s=30.0)
-    return round_figures(log, world, ids, warmup)
+    return {**round_figures(log, world, ids, warmup), **cpu_figures(spent, window, wall_s)}
+
+
+def cpu_figures(spent: dict[str, float], rounds: int, wall_s: float) -> dict[str, Any]:
+    """CPU seconds per round of every role (`benchmarks.cpu`), of the bus (every role but the
+    simulated fleet and the benchmark's own helpers) and of the fleet, beside the wall time
+    per round: what the bus itself would cost if the devices ran elsewhere."""
+    per_round = {role: s / rounds for role, s in spent.items()}
+    bus = sum(s for role, s in per_round.items() if role not in ("fleet", "other"))
+    return {
+        "cpu": {role: round(s, 3) for role, s in sorted(per_round.items())},
+        "bus_cpu_s_per_round": round(bus, 3),
+        "fleet_cpu_s_per_round": round(per_round.get("fleet", 0.0), 3),
+        "wall_s_per_round": round(wall_s, 3),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,6 +268,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
         }
+        cpu = figures.pop("cpu")
+        for role, value in cpu.items():
+            print(
+                json.dumps(
+                    {
+                        "benchmark": "round",
+                        "figure": "cpu_s_per_round",
+                        "unit": "s",
+                        "value": value,
+                        "ceiling": None,
+                        "ratio": None,
+                        "role": role,
+                        **params,
+                    }
+                ),
+                flush=True,
+            )
         for figure, value in figures.items():
             line = {
                 "benchmark": "round",
