@@ -27,8 +27,9 @@ import torch
 from numpy.typing import NDArray
 
 BLOCK_ELEMENTS: Final = 1 << 17
-"""Elements per block: 128 Ki float64 = 1 MiB of temporary, inside a typical L2/L3 slice
-(measured here: 32 Ki blocks fold at 0.25-0.45 of the ceiling, 128 Ki at 0.4-0.7)."""
+"""Elements per block of the blockwise kernels (the delta norm, the clipped fold): 128 Ki, a
+temporary of 0.5-1 MiB, inside a typical L2/L3 slice (measured when the fold was blockwise
+numpy: 32 Ki blocks folded at 0.25-0.45 of the ceiling, 128 Ki at 0.4-0.7)."""
 
 
 def _flat(array: NDArray[Any]) -> NDArray[Any]:

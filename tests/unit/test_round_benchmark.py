@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.round import RoundLog, round_figures
+from benchmarks.round import RoundLog, cpu_figures, round_figures
 from clients.world import FleetWorld
 from moe.scenario import ScenarioConfig, build_scenario, device_id
 from schemas.messages import RoundClosed
@@ -45,3 +45,12 @@ def test_overhead_is_the_period_minus_the_slowest_applied_device() -> None:
     )
     assert figures["overhead_p90_s"] == pytest.approx(20.0 - own[2], abs=1e-4)
     assert round_figures(log, world, ids, warmup=2)["rounds"] == 0
+
+
+def test_the_bus_cpu_is_every_role_but_the_fleet_and_the_benchmarks_own() -> None:
+    spent = {"gateway": 6.0, "kafka": 4.0, "fleet": 20.0, "other": 2.0, "mosquitto": 2.0}
+    figures = cpu_figures(spent, rounds=4, wall_s=3.0)
+    assert figures["bus_cpu_s_per_round"] == 3.0
+    assert figures["fleet_cpu_s_per_round"] == 5.0
+    assert figures["cpu"]["gateway"] == 1.5
+    assert figures["wall_s_per_round"] == 3.0
