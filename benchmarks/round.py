@@ -27,14 +27,16 @@ wall time between two openings:
                                                             the matcher's open rule and plan
 
 A round that closed by its deadline (some assigned update late or lost) is counted apart
-(`deadline_rounds`) and left out of the figures: its length is the deadline, not the bus.
+(`deadline_rounds`) and left out of the figures: its length is the deadline, not the bus; so
+is a round in which no update was applied (`empty_rounds`: no device reported in time, e.g. a
+fleet larger than this host can run), whose length is the matcher's maximum wait.
 Every process shares this machine's cores with the simulated fleet, whose devices train for
 real (torch) on the same cores: the figures include that contention.
 
 One JSON line per (devices, figure): `{"benchmark": "round", "figure", "unit", "value",
 "ceiling": null, "ratio": null, "goal", ...params}`: `overhead_median_s`, `overhead_p90_s`,
 `close_lag_median_s`, `open_gap_median_s`, `announce_median_s`, `profile_median_s`,
-`decide_median_s`, with `rounds` measured and `deadline_rounds`.
+`decide_median_s`, with `rounds` measured, `deadline_rounds` and `empty_rounds`.
 
 Beside them, what each process spent in CPU over the rounds after the warmup (`benchmarks.cpu`,
 from /proc), per round: one `cpu_s_per_round` line per `role` (each service, `mosquitto`,
@@ -152,6 +154,7 @@ def round_figures(
     open_gap: list[float] = []
     steps: dict[str, list[float]] = {"announce": [], "profile": [], "decide": []}
     deadline_rounds = 0
+    empty_rounds = 0
     for r in sorted(log.opened):
         if r <= warmup or r + 1 not in log.opened or r not in log.closed:
             continue
@@ -159,6 +162,11 @@ def round_figures(
             deadline_rounds += 1
             continue
         applied = log.applied.get(r, set())
+        if not applied:
+            # No device's work in it (none reported in time, or the fleet is still
+            # connecting): its length is the matcher's max wait, not the bus.
+            empty_rounds += 1
+            continue
         assigned = log.experts.get(r, {})
         own = max(
             (world.round_wall_s(ids[d], assigned[d], r) for d in applied if d in assigned),
@@ -177,6 +185,7 @@ def round_figures(
     return {
         "rounds": len(overhead),
         "deadline_rounds": deadline_rounds,
+        "empty_rounds": empty_rounds,
         "overhead_median_s": _median(overhead),
         "overhead_p90_s": _quantile(overhead, 0.9),
         "close_lag_median_s": _median(close_lag),
@@ -265,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "time_scale": args.time_scale,
             "rounds": figures.pop("rounds"),
             "deadline_rounds": figures.pop("deadline_rounds"),
+            "empty_rounds": figures.pop("empty_rounds"),
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
         }

@@ -47,6 +47,19 @@ def test_overhead_is_the_period_minus_the_slowest_applied_device() -> None:
     assert round_figures(log, world, ids, warmup=2)["rounds"] == 0
 
 
+def test_a_round_in_which_no_update_was_applied_is_counted_apart() -> None:
+    world = FleetWorld(build_scenario(ScenarioConfig(num_devices=2, num_experts=2)), time_scale=2.0)
+    log = RoundLog()
+    log.opened.update({1: 100.0, 2: 130.0, 3: 140.0})
+    log.closed[1] = _closed(1, 129.0, reason="max-wait")  # nobody reported: only the wait
+    log.closed[2] = _closed(2, 135.0)
+    log.experts[2] = {device_id(0): (0,)}
+    log.applied[2] = {device_id(0)}
+    figures = round_figures(log, world, {device_id(i): i for i in range(2)}, warmup=0)
+    assert (figures["rounds"], figures["empty_rounds"]) == (1, 1)
+    assert figures["open_gap_median_s"] == pytest.approx(5.0)
+
+
 def test_the_bus_cpu_is_every_role_but_the_fleet_and_the_benchmarks_own() -> None:
     spent = {"gateway": 6.0, "kafka": 4.0, "fleet": 20.0, "other": 2.0, "mosquitto": 2.0}
     figures = cpu_figures(spent, rounds=4, wall_s=3.0)
