@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -55,18 +54,26 @@ def test_cpu_by_role_is_the_difference_and_counts_a_new_process_from_zero() -> N
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc only")
 def test_a_busy_child_is_counted_under_its_role() -> None:
-    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    # The child burns 0.3 s of CPU, says so, and waits for its stdin to close: it is read
+    # while it is still alive (an exited, reaped process is gone from /proc).
+    busy = (
+        "import sys, time\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.3: pass\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
     before = snapshot()
-    child = subprocess.Popen([sys.executable, "-c", busy, "fedmoe", "service", "busy"])
-    try:
-        deadline = time.monotonic() + 20
-        while child.poll() is None and time.monotonic() < deadline:
-            after = snapshot()
-            spent = cpu_by_role(before, after, os.getpid()).get("busy", 0.0)
-            if spent >= 0.25:
-                break
-            time.sleep(0.05)
-    finally:
-        child.kill()
-        child.wait()
-    assert spent >= 0.25
+    with subprocess.Popen(
+        [sys.executable, "-c", busy, "fedmoe", "service", "busy"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "done\n"
+            spent = cpu_by_role(before, snapshot(), os.getpid())
+        finally:
+            child.kill()
+    assert spent.get("busy", 0.0) >= 0.25
