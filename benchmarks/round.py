@@ -278,24 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
         }
-        cpu = figures.pop("cpu")
-        for role, value in cpu.items():
-            print(
-                json.dumps(
-                    {
-                        "benchmark": "round",
-                        "figure": "cpu_s_per_round",
-                        "unit": "s",
-                        "value": value,
-                        "ceiling": None,
-                        "ratio": None,
-                        "role": role,
-                        **params,
-                    }
-                ),
-                flush=True,
-            )
-        for figure, value in figures.items():
+        per_role = [("cpu_s_per_round", v, {"role": r}) for r, v in figures.pop("cpu").items()]
+        for figure, value, extra in [*per_role, *((f, v, {}) for f, v in figures.items())]:
             line = {
                 "benchmark": "round",
                 "figure": figure,
@@ -304,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ceiling": None,
                 "ratio": None,
                 "goal": GOALS_S.get(n) if figure.startswith("overhead") else None,
+                **extra,
                 **params,
             }
             print(json.dumps(line), flush=True)
