@@ -156,11 +156,8 @@ def statistical_utility(problem: MatchingInput) -> FloatArray:
     ones (1 when none is known). Scaled to [0, 1] by its maximum over the round (the 95th
     percentile, clipped, so one outlier does not flatten the rest)."""
     u = np.empty((problem.num_clients, problem.num_experts))
-    top = _raw_utility(problem, u)
-    if top <= 0:
-        return np.zeros_like(u)
-    u /= top
-    return np.minimum(u, 1.0, out=u)
+    _scale_utility(u, _raw_utility(problem, u))
+    return u
 
 
 def _raw_utility(problem: MatchingInput, out: FloatArray) -> float:
@@ -190,6 +187,16 @@ def _raw_utility(problem: MatchingInput, out: FloatArray) -> float:
         else:
             u *= np.where(np.isfinite(loss[rows]), loss[rows], overall[rows, None])
     return _scale_quantile(out)
+
+
+def _scale_utility(u: FloatArray, top: float) -> None:
+    """Raw utilities (`_raw_utility`) to [0, 1] in place: divided by their scale `top` and
+    clipped at 1; all 0 when the scale is not positive."""
+    if top > 0:
+        u /= top
+        np.minimum(u, 1.0, out=u)
+    else:
+        u[...] = 0.0
 
 
 BLOCK_PAIRS: Final = 1 << 16
@@ -272,11 +279,7 @@ def fitness_scores(problem: MatchingInput, weights: FitnessWeights | None = None
         f += capability[rows, None]
         if w.utility > 0:
             u = out[rows]
-            if top > 0:
-                u /= top
-                np.minimum(u, 1.0, out=u)
-            else:
-                u[...] = 0.0
+            _scale_utility(u, top)
             u *= w.utility
             f += u
         f -= pressure[None, :]
