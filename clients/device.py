@@ -2,9 +2,9 @@
 
     RoundClosed(r)  → available in r+1 (scenario)?  no: DeviceStatus(offline, "unavailable")
                                                      yes: wait for `shared` and every expert's
-                      gate row at the round's versions, DeviceStatus(online) + Telemetry(round
-                      r+1) (its routing histogram; the losses of its last training, when no
-                      telemetry reported them yet)
+                      gate row at the round's versions, Telemetry(round r+1) (its routing
+                      histogram; the losses of its last training, when no telemetry reported
+                      them yet), after a DeviceStatus(online) only when it was offline
     Assignment(r)   → (once per round, never for a round already closed) subscribe to the
                       assigned experts' parts, wait for them at the assignment's versions,
                       unsubscribe, train_local (seeded as the simulation), wait out the
@@ -385,7 +385,11 @@ class DeviceAgent:
             losses=losses,
             timestamp=self._clock(),
         )
-        if not await self._publish_status(round_, True, "available"):
+        # The telemetry itself says the device is online for the round: an online status goes
+        # out only when the retained one says offline, not every round (a third fewer records
+        # per device and round through the gateway, Kafka and the profiler).
+        online = self._presence[1]
+        if not online and not await self._publish_status(round_, True, "available"):
             return
         sent = await self._publish(
             self._telemetry_topic,

@@ -130,11 +130,14 @@ def to_records(
     start_ns: int = 0,
 ) -> list[Record]:
     """What the trace's fleet would have announced for rounds 1..`rounds`, round r at trace
-    time (r − 1)·`round_s`: an online client its status and telemetry (FedScale's computation
-    and communication as the measured step time and link), an inactive one an offline status."""
+    time (r − 1)·`round_s`: an online client its telemetry (FedScale's computation and
+    communication as the measured step time and link), after an online status when it was not
+    online the round before (as a device announces a change of presence); an inactive one an
+    offline status every round."""
     if rounds < 1 or not round_s > 0:
         raise RecordingError("trace import needs rounds >= 1 and round_s > 0")
     out: list[Record] = []
+    was_online = [False] * len(clients)
     for r in range(1, rounds + 1):
         t = (r - 1) * round_s
         base = start_ns + int(t * 1e9)
@@ -142,15 +145,17 @@ def to_records(
             dev = device_name(i)
             at = base + i * 1000
             online = client.online_at(t)
-            status = DeviceStatus(
-                message_id=f"fs-s-{dev}-{r}",
-                device_id=dev,
-                round=r,
-                timestamp=at / 1e9,
-                online=online,
-                reason="" if online else "unavailable",
-            )
-            out.append(_mqtt(at, f"{root}/{dev}/status", encode(status), retain=True))
+            if not (online and was_online[i]):
+                status = DeviceStatus(
+                    message_id=f"fs-s-{dev}-{r}",
+                    device_id=dev,
+                    round=r,
+                    timestamp=at / 1e9,
+                    online=online,
+                    reason="" if online else "unavailable",
+                )
+                out.append(_mqtt(at, f"{root}/{dev}/status", encode(status), retain=True))
+            was_online[i] = online
             if online:
                 telemetry = Telemetry(
                     message_id=f"fs-t-{dev}-{r}",

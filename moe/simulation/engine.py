@@ -248,23 +248,28 @@ def _genesis(scenario: Scenario, rule: AggregationRule) -> _World:
 
 def _announce(
     world: _World, r: int, online: Sequence[int]
-) -> tuple[list[ClientProfile], list[tuple[TelemetryReading, LossReport]]]:
-    """Steps 5-6: telemetry of the online devices, status of the others; the candidates and
-    what the online devices reported."""
+) -> tuple[list[ClientProfile], list[tuple[TelemetryReading, LossReport]], frozenset[str]]:
+    """Steps 5-6: telemetry of the online devices, status of the others; the candidates,
+    what the online devices reported and which of them were not online before."""
     sc = world.scenario
     parts = world.parts
     online_set = {int(i) for i in online}
     reports: list[tuple[TelemetryReading, LossReport]] = []
+    came_online: set[str] = set()
     for i in range(sc.config.num_devices):
         dev = device_id(i)
         if i in online_set:
+            before = world.profiles.get(dev)
+            if before is None or not before.online:
+                came_online.add(dev)
             reading = sc.telemetry(i, parts, r)
             reports.append((reading, world.unreported.pop(dev, LossReport())))
             world.profiles[dev] = fold_telemetry(world.profiles.get(dev), reading, now=world.clock)
         elif dev in world.profiles:
             world.profiles[dev] = fold_status(world.profiles[dev], online=False, now=world.clock)
     announced = sorted(device_id(i) for i in online_set)
-    return [world.profiles[dev] for dev in announced if world.profiles[dev].online], reports
+    candidates = [world.profiles[dev] for dev in announced if world.profiles[dev].online]
+    return candidates, reports, frozenset(came_online)
 
 
 def _train(world: _World, r: int, index: int, experts: list[int]) -> _DeviceRound:
@@ -331,7 +336,7 @@ def _offer(world: _World, r: int, update: ModelUpdate) -> bool:
 def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     sc, cfg = world.scenario, world.scenario.config
     e_count = sc.model.num_experts
-    candidates, reports = _announce(world, r, [int(i) for i in sc.online(r)])
+    candidates, reports, came_online = _announce(world, r, [int(i) for i in sc.online(r)])
     opened_versions = {pid: agg.version for pid, agg in world.aggregators.items()}
     gate_rows = [world.gate_row_bytes(pid, r) for pid in world.changed]
     if candidates:
@@ -402,6 +407,7 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
             assigned=[(device_id(d.index), d.experts, _trained_parts(d.experts)) for d in devices],
             model_versions=opened_versions,
             gate_row_bytes=gate_rows,
+            came_online=came_online,
         )
     )
     late = sum(d.late for d in devices)

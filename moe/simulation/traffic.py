@@ -5,8 +5,9 @@ module counts everything else that crosses MQTT in a round of the bus protocol, 
 same messages the devices, the matcher and the gateway send, so a strategy that moves fewer
 parts but makes every device talk more is not flattered:
 
-- up, per online device: its DeviceStatus(online) and its Telemetry (histogram, the losses of
-  its last training);
+- up, per online device: its Telemetry (histogram, the losses of its last training), after a
+  DeviceStatus(online) when it was not online the round before (a device announces a change
+  of presence, not every round: the telemetry says it is online);
 - down, per online device: the RoundClosed marker that opens its round, and the gate row of
   every expert whose version changed in the previous round (devices hold every gate row for
   their routing histogram);
@@ -35,6 +36,7 @@ class RoundTraffic:
 
     Attributes:
         online: (reading, losses reported) of each device that announced itself.
+        came_online: ids of those that were not online the round before (they send a status).
         assigned: (device id, experts, part ids of its update) of each assigned device.
         model_versions: every part's version at the round's open.
         gate_row_bytes: encoded size of the gate-row message of each expert whose version
@@ -46,6 +48,7 @@ class RoundTraffic:
     assigned: Sequence[tuple[str, Sequence[int], Sequence[str]]]
     model_versions: Mapping[str, int]
     gate_row_bytes: Sequence[int]
+    came_online: frozenset[str] = frozenset()
 
 
 def control_bytes(traffic: RoundTraffic) -> int:
@@ -67,18 +70,20 @@ def control_bytes(traffic: RoundTraffic) -> int:
     per_online = marker + sum(traffic.gate_row_bytes)
     total = 0
     for reading, losses in traffic.online:
-        status = DeviceStatus(
-            message_id=f"st-{reading.device_id}-{r}",
-            device_id=reading.device_id,
-            round=r,
-            timestamp=_STAMP,
-            online=True,
-            reason="available",
-        )
         telemetry = telemetry_message(
             reading, round=r, timestamp=_STAMP, gate_version=r - 1, losses=losses
         )
-        total += per_online + len(encode(status)) + len(encode(telemetry))
+        total += per_online + len(encode(telemetry))
+        if reading.device_id in traffic.came_online:
+            status = DeviceStatus(
+                message_id=f"st-{reading.device_id}-{r}",
+                device_id=reading.device_id,
+                round=r,
+                timestamp=_STAMP,
+                online=True,
+                reason="available",
+            )
+            total += len(encode(status))
     for device, experts, parts in traffic.assigned:
         total += len(
             encode(

@@ -11,10 +11,11 @@ input record into it and says whether anything changed (then the app publishes a
     DeviceStatus      fold_status (applied whatever its round: the MQTT last will carries the
                       round the device connected in); an offline status of round r moves the
                       snapshot's round to r, an online one does not: a device announces itself
-                      for a round with its telemetry (it sends "online" just before), so the
-                      matcher never takes a profile whose telemetry of that round is not folded
-                      yet; a device without a profile: dropped and counted (a status carries no
-                      capabilities, and the first telemetry makes a device online anyway)
+                      for a round with its telemetry (and "online" just before when it was
+                      offline), so the matcher never takes a profile whose telemetry of that
+                      round is not folded yet; a device without a profile: dropped and counted
+                      (a status carries no capabilities, and the first telemetry makes a device
+                      online anyway)
     Assignment(r)     round r is pending; a pending round < r is folded first (no losses)
     UpdateAck(r)      the verdict of pending round r: "applied" → completed in time unless a part
                       was "late" / "rejected" ("missed" sticks); "duplicate" says nothing new.

@@ -223,7 +223,8 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
             assert message.routing_histogram == pytest.approx(expected.routing_histogram)
             assert message.num_samples == expected.num_samples
             assert message.compute_ms_per_sample == expected.compute_ms_per_sample
-            assert any(s.online and s.round == 1 for s in statuses(side, message.device_id))
+            # Online since it connected: its telemetry alone announces it, no status again.
+            assert [s.reason for s in statuses(side, message.device_id)] == ["connected"]
 
         # Bad input is counted and dropped; the device carries on.
         a, b = 3, 5
@@ -337,6 +338,11 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
             assert want, "the device trained experts"
         assert reported[(3, ids[b])] == {}
         assert reported[(3, ids[4])] == {}  # it never trained
+        # A status says a change of presence: device 4, unavailable in round 2, is online again
+        # for round 3 (status, then telemetry); B, online throughout, sent none since connecting.
+        back = [(s.round, s.online, s.reason) for s in statuses(side, ids[4])]
+        assert back == [(0, True, "connected"), (2, False, "unavailable"), (3, True, "available")]
+        assert [s.reason for s in statuses(side, ids[b])] == ["connected"]
 
     stats = fleet.stats()
     totals = stats["totals"]
@@ -395,7 +401,7 @@ async def test_dropped_device_leaves_its_will_and_comes_back_to_its_queue(
         )
         back = statuses(side, device)[-1]
         assert time.monotonic() - heard_will_at >= 1.0, "it stayed away a while"
-        assert back.round == 1
+        assert back.round == 0, "the round of its last change of presence: online since then"
         assert back.reason == "reconnected"
         assert agent.stats.events[Event.RECONNECTS] == 1
         await side.wait(lambda: bool(side.of(ModelUpdate, device)), 15, "the queued assignment")

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from recording.errors import RecordingError
-from recording.fedscale import FedScaleClient, load_fedscale, parse_fedscale, to_records
+from recording.fedscale import (
+    FedScaleClient,
+    device_name,
+    load_fedscale,
+    parse_fedscale,
+    to_records,
+)
 from recording.trace import FleetTrace
 from schemas import decode
 from schemas.messages import DeviceStatus, Telemetry
@@ -78,6 +84,28 @@ def test_bad_traces_are_clear_errors(mutate: object, match: str) -> None:
     mutate(data)  # type: ignore[operator]
     with pytest.raises(RecordingError, match=match):
         parse_fedscale(data)
+
+
+def test_a_client_online_round_after_round_sends_its_status_once() -> None:
+    clients = load_fedscale(EXAMPLE)
+    messages = [decode(r.payload) for r in to_records(clients, rounds=12, round_s=600.0)]
+    steady = 0
+    for i in range(len(clients)):
+        online = {
+            m.round for m in messages if m.device_id == device_name(i) and isinstance(m, Telemetry)
+        }
+        statuses = {
+            m.round: m.online
+            for m in messages
+            if m.device_id == device_name(i) and isinstance(m, DeviceStatus)
+        }
+        for r in range(1, 13):
+            if r in online and r - 1 in online:
+                steady += 1
+                assert r not in statuses, (i, r)
+            else:
+                assert statuses[r] == (r in online), (i, r)
+    assert steady, "the example has clients online in consecutive rounds"
 
 
 def test_the_shipped_example_reads(tmp_path: Path) -> None:
