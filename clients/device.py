@@ -1,20 +1,22 @@
 """One simulated device: the round protocol's device side (step 5) over its MQTT link.
 
     RoundClosed(r)  → available in r+1 (scenario)?  no: DeviceStatus(offline, "unavailable")
-                                                     yes: wait for `shared` and every expert's
-                      gate row at the round's versions, Telemetry(round r+1) (its routing
-                      histogram; the losses of its last training, when no telemetry reported
-                      them yet), after a DeviceStatus(online) only when it was offline
+                                                     yes: wait for `shared` at the round's
+                      version (every expert's gate row comes in the RoundClosed itself),
+                      Telemetry(round r+1) (its routing histogram; the losses of its last
+                      training, when no telemetry reported them yet), after a
+                      DeviceStatus(online) only when it was offline
     Assignment(r)   → (once per round, never for a round already closed) subscribe to the
                       assigned experts' parts, wait for them at the assignment's versions,
                       unsubscribe, train_local (seeded as the simulation), wait out the
                       simulated round time (× time_scale) from the round's open time, upload
                       one ModelUpdate, resend it with the same ids every resend_s until every
                       part has a final UpdateAck
-    PartVersion     → kept when newer (the model store, the gate rows apart); waiters are woken
+    PartVersion     → kept when newer (the model store); waiters are woken
     UpdateAck       → bookkeeping of the pending update
 
-So the downlink is `shared`, the gate rows and the assigned experts, not the whole model.
+So the downlink is `shared`, the round marker with the gate rows and the assigned experts, not
+the whole model.
 
 Incoming messages are handled one at a time and quickly; the waits and the training run in
 named tasks of the agent's TaskGroup, cancelled when it stops. Inputs that fail the checks of
@@ -37,7 +39,7 @@ from typing import Any
 
 from brokers.errors import BrokerError
 from brokers.settings import BrokerSettings
-from clients.inbound import ChunkHeld, Drop, GateRow, Inbound, InboundFilter
+from clients.inbound import ChunkHeld, Drop, Inbound, InboundFilter
 from clients.link import DeviceLink
 from clients.model_store import ModelStore, Offer, Readiness
 from clients.rounds import RoundBook, Take
@@ -97,7 +99,6 @@ class DeviceAgent:
         self._update_topic = table.mqtt(MqttTopic.UPDATE, device=self.device)
         self._experts = [p for p in part_ids(self._scenario.model) if p != SHARED]
         self._store = ModelStore()  # whole parts: `shared` and the experts assigned
-        self._gates = ModelStore()  # every expert's gate row
         self._listeners: Counter[str] = Counter()  # rounds of work waiting per part
         self._model_changed = asyncio.Condition()
         self._rounds = RoundBook()
@@ -271,13 +272,8 @@ class DeviceAgent:
         if isinstance(item, Drop):
             self.stats.dropped(item.reason)
             log.debug("%s: dropped %s: %s", self.device, item.reason, item.detail)
-        elif isinstance(item, PartVersion | GateRow):
-            offered = (
-                self._store.offer(item)
-                if isinstance(item, PartVersion)
-                else self._gates.offer(item.version)
-            )
-            if offered is Offer.NEWER:
+        elif isinstance(item, PartVersion):
+            if self._store.offer(item) is Offer.NEWER:
                 async with self._model_changed:
                     self._model_changed.notify_all()
         elif isinstance(item, RoundClosed):
@@ -341,17 +337,12 @@ class DeviceAgent:
     # -- work --------------------------------------------------------------------------------
 
     async def _wait_parts(
-        self, wanted: Mapping[str, int], parts: Sequence[str], gates: Sequence[str] = ()
+        self, wanted: Mapping[str, int], parts: Sequence[str]
     ) -> dict[str, PartTensors] | None:
-        """The tensors of `parts` (whole) and `gates` (gate rows only) at the `wanted`
-        versions, once held (bounded wait)."""
+        """The tensors of `parts` at the `wanted` versions, once held (bounded wait)."""
 
         def readiness() -> Readiness:
-            whole = self._store.readiness(wanted, parts)
-            rows = self._gates.readiness(wanted, gates)
-            if Readiness.OUTDATED in (whole, rows):
-                return Readiness.OUTDATED
-            return Readiness.WAITING if Readiness.WAITING in (whole, rows) else Readiness.READY
+            return self._store.readiness(wanted, parts)
 
         try:
             async with asyncio.timeout(self._settings.model_wait_s):
@@ -364,7 +355,7 @@ class DeviceAgent:
         if readiness() is Readiness.OUTDATED:
             self.stats.count(Event.MODEL_OUTDATED)
             return None
-        return {**self._gates.take(gates), **self._store.take(parts)}
+        return self._store.take(parts)
 
     async def _announce_round(self, closed: RoundClosed) -> None:
         round_ = closed.round + 1
@@ -372,10 +363,20 @@ class DeviceAgent:
             self.stats.count(Event.UNAVAILABLE)
             await self._publish_status(round_, False, "unavailable")
             return
-        parts = await self._wait_parts(closed.model_versions, [SHARED], self._experts)
+        missing = [p for p in self._experts if p not in closed.gates]
+        if missing:
+            self.stats.count(Event.GATES_MISSING)
+            log.warning(
+                "%s: round %d closed without the gate rows of %s",
+                self.device,
+                closed.round,
+                missing[:4],
+            )
+        parts = None if missing else await self._wait_parts(closed.model_versions, [SHARED])
         if parts is None:
             await self._publish_status(round_, False, "no model")
             return
+        parts = {**closed.gates, **parts}
         losses = self._losses
         telemetry = self._world.telemetry(
             self.index,
@@ -386,8 +387,8 @@ class DeviceAgent:
             timestamp=self._clock(),
         )
         # The telemetry itself says the device is online for the round: an online status goes
-        # out only when the retained one says offline, not every round (a third fewer records
-        # per device and round through the gateway, Kafka and the profiler).
+        # out only when the retained one says offline, not every round (one record per device
+        # and round through the gateway, Kafka and the profiler instead of two).
         online = self._presence[1]
         if not online and not await self._publish_status(round_, True, "available"):
             return
@@ -491,6 +492,6 @@ def _carried(item: Inbound | Drop) -> Received:
         return Received.DROPPED
     if isinstance(item, PartVersion | ChunkHeld):
         return Received.MODEL
-    if isinstance(item, GateRow):
-        return Received.GATE
+    if isinstance(item, RoundClosed):
+        return Received.ROUND
     return Received.CONTROL

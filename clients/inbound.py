@@ -1,12 +1,12 @@
 """What a device accepts from MQTT, pure: topic → expected message type → checks.
 
-    {root}/round                 RoundClosed   (retained: the latest closed round)
+    {root}/round                 RoundClosed   (retained: the latest closed round) with every
+                                 expert's gate row, each checked against the gate layout
     {root}/model/{part}          PartVersion   (retained), part of this model, layout checked;
                                  `shared` always, an expert's only while it is assigned
     {root}/model/{part}/{i}      MessageChunk  (retained) chunk i of a PartVersion too large for
                                  one message: held until the whole came (`ChunkHeld`), then
                                  verified, decoded and checked as one
-    {root}/gate/{part}           GateRow       (retained) an expert part's gate row, checked
     {root}/{device}/assignment   Assignment    for this device, experts of this model
     {root}/{device}/ack          UpdateAck     for this device, a part of this model
 
@@ -17,7 +17,6 @@ and goes on. A device never crashes on what it receives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,20 +41,13 @@ from schemas.topics import MqttTopic, TopicTable
 
 
 @dataclass(frozen=True, slots=True)
-class GateRow:
-    """A part version that carries only its gate row (`PartVersion.gate_view`)."""
-
-    version: PartVersion
-
-
-@dataclass(frozen=True, slots=True)
 class ChunkHeld:
     """A chunk of a large part version, kept until the rest of it comes."""
 
     part: str
 
 
-Inbound = RoundClosed | PartVersion | GateRow | Assignment | UpdateAck | ChunkHeld
+Inbound = RoundClosed | PartVersion | Assignment | UpdateAck | ChunkHeld
 
 # A device reassembles only the parts it listens to (shared and its assigned experts); every
 # part version has the same sender, so the per-sender cap is the whole cap.
@@ -99,7 +91,6 @@ class InboundFilter:
         }
         self._round = table.mqtt(MqttTopic.ROUND)
         self._model_prefix = table.mqtt(MqttTopic.MODEL, part="")
-        self._gate_prefix = table.mqtt(MqttTopic.GATE, part="")
         self._assignment = table.mqtt(MqttTopic.ASSIGNMENT, device=device)
         self._ack = table.mqtt(MqttTopic.ACK, device=device)
         self._chunks = Reassembler(_DEVICE_CHUNKS)
@@ -108,7 +99,6 @@ class InboundFilter:
         self.subscriptions = [
             self._round,
             *self.part_topics(SHARED),
-            table.mqtt(MqttTopic.GATE),
             self._assignment,
             self._ack,
         ]
@@ -126,7 +116,6 @@ class InboundFilter:
         """The message to act on, or why not (`now`: the clock, to give up stale chunks)."""
         expected: type[Message]
         part = ""
-        layout: Mapping[str, PartLayout] = self._layout
         if topic == self._round:
             expected = RoundClosed
         elif topic.startswith(self._model_prefix):
@@ -135,11 +124,6 @@ class InboundFilter:
                 return self._chunk(topic, part.split("/", 1)[0], payload, now)
             if part not in self._layout:
                 return Drop(DropReason.UNKNOWN_PART, f"{topic[:80]!r}")
-        elif topic.startswith(self._gate_prefix):
-            expected, part = PartVersion, topic[len(self._gate_prefix) :]
-            if part not in self._gate_layout:
-                return Drop(DropReason.UNKNOWN_PART, f"{topic[:80]!r}")
-            layout = self._gate_layout
         elif topic == self._assignment:
             expected = Assignment
         elif topic == self._ack:
@@ -152,18 +136,13 @@ class InboundFilter:
             return Drop(DropReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
         if type(message) is not expected:
             return Drop(DropReason.WRONG_TYPE, f"{type(message).__name__} on {topic[:80]!r}")
-        return self._checked(message, part, layout)
+        return self._checked(message, part)
 
-    def _checked(
-        self, message: Message, part: str, layout: Mapping[str, PartLayout]
-    ) -> Inbound | Drop:
+    def _checked(self, message: Message, part: str) -> Inbound | Drop:
         if isinstance(message, RoundClosed):
-            return message
+            return self._round_closed(message)
         if isinstance(message, PartVersion):
-            checked = self._part_version(message, part, layout)
-            if layout is self._gate_layout and isinstance(checked, PartVersion):
-                return GateRow(checked)
-            return checked
+            return self._part_version(message, part)
         if message.device_id != self._device:
             return Drop(DropReason.OTHER_DEVICE, f"for {message.device_id!r}")
         if isinstance(message, Assignment):
@@ -189,17 +168,25 @@ class InboundFilter:
             return Drop(DropReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
         if assembled is None:
             return ChunkHeld(part)
-        return self._checked(assembled.message, part, self._layout)
+        return self._checked(assembled.message, part)
 
-    def _part_version(
-        self, message: PartVersion, part: str, layout: Mapping[str, PartLayout]
-    ) -> PartVersion | Drop:
+    def _round_closed(self, message: RoundClosed) -> RoundClosed | Drop:
+        for part, row in message.gates.items():
+            if part not in self._gate_layout:
+                return Drop(DropReason.UNKNOWN_PART, f"a gate row of {part!r}")
+            try:
+                check_part(part, row, self._gate_layout, require_finite=True)
+            except LayoutError as exc:
+                return Drop(DropReason.LAYOUT, str(exc))
+        return message
+
+    def _part_version(self, message: PartVersion, part: str) -> PartVersion | Drop:
         if message.part != part:
             return Drop(DropReason.UNKNOWN_PART, f"{message.part!r} on the topic of {part!r}")
         if message.layout_version != self._model.layout_version:
             return Drop(DropReason.LAYOUT, f"layout_version {message.layout_version}")
         try:
-            check_part(part, message.tensors, layout, require_finite=True)
+            check_part(part, message.tensors, self._layout, require_finite=True)
         except LayoutError as exc:
             return Drop(DropReason.LAYOUT, str(exc))
         return message

@@ -30,8 +30,8 @@ class Received(StrEnum):
     """What a received MQTT payload carried (one byte counter each)."""
 
     MODEL = "model"  # a whole model part (PartVersion on {root}/model/{part})
-    GATE = "gate"  # the gate row of an expert part ({root}/gate/{part})
-    CONTROL = "control"  # rounds, assignments, acks
+    ROUND = "round"  # the round marker with every expert's gate row (RoundClosed)
+    CONTROL = "control"  # assignments, acks
     DROPPED = "dropped"  # anything the device dropped
 
 
@@ -69,6 +69,7 @@ class Event(StrEnum):
     ROUND_REPEATED = "round_repeated"  # a RoundClosed it had already handled
     MODEL_TIMEOUT = "model_timeout"  # wanted part versions did not arrive in time
     MODEL_OUTDATED = "model_outdated"  # wanted part versions were already replaced
+    GATES_MISSING = "gates_missing"  # a round marker without every expert's gate row
     ASSIGNMENT_REPEATED = "assignment_repeated"  # an assignment of a round it already took
     ASSIGNMENT_STALE = "assignment_stale"  # an assignment of a round already closed
     ASSIGNMENT_EMPTY = "assignment_empty"  # an assignment without experts (nothing to train)

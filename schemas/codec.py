@@ -43,7 +43,7 @@ from schemas.limits import (
 from schemas.messages import MESSAGE_TYPES, Message
 from schemas.tensor import TENSOR_EXT_CODE, pack_tensor, unpack_tensor
 
-SCHEMA_VERSION: Final = (1, 0)
+SCHEMA_VERSION: Final = (1, 1)
 
 _CONTAINER_TYPES: Final = frozenset({dict, tuple})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -36,6 +36,13 @@ MAX_HANDLED_OFFSETS = 64  # input partitions a ProfileSnapshot records offsets f
 # An expert part's gate row: what a device needs of every expert to route its data (its
 # routing histogram), while it downloads whole only the experts it was assigned.
 GATE_TENSORS = ("gate.weight", "gate.bias")
+
+
+def gate_row(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The gate row of a part's tensors (`GATE_TENSORS`), empty for a part without one."""
+    if not all(name in tensors for name in GATE_TENSORS):
+        return {}
+    return {name: tensors[name] for name in GATE_TENSORS}
 
 
 def _check(cond: bool, cls: str, what: str) -> None:
@@ -122,6 +129,14 @@ def _check_tensors(name: str, tensors: Mapping[str, np.ndarray], *, finite: bool
         _check(isinstance(arr, np.ndarray), name, f"tensor {key!r} is not an array")
         if finite and arr.dtype.kind == "f":
             _check(bool(np.isfinite(arr).all()), name, f"tensor {key!r} has non-finite values")
+
+
+def _check_gate_row(name: str, row: Mapping[str, np.ndarray]) -> None:
+    """Empty, or exactly `GATE_TENSORS`, finite."""
+    _check(isinstance(row, Mapping), name, "a gate row must be a map")
+    if row:
+        _check(sorted(row) == sorted(GATE_TENSORS), name, f"gate row tensors {sorted(row)[:4]}")
+        _check_tensors(name, row, finite=True)
 
 
 def _check_versions(name: str, versions: Mapping[str, int]) -> None:
@@ -329,13 +344,6 @@ class PartVersion(Message):
         _check(_finite(self.samples) and self.samples >= 0, n, "samples >= 0")
         _check_tensors(n, self.tensors, finite=True)
 
-    def gate_view(self) -> PartVersion | None:
-        """This version with only its gate row (`GATE_TENSORS`), or None for a part without
-        one (``shared``). Same id, part and version: it is a view of this message."""
-        if not all(name in self.tensors for name in GATE_TENSORS):
-            return None
-        return replace(self, tensors={name: self.tensors[name] for name in GATE_TENSORS})
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateAck(Message):
@@ -489,7 +497,9 @@ class RoundOpened(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartClosed(Message):
-    """The aggregator closed one part of a round and published `version` of it."""
+    """The aggregator closed one part of a round and published `version` of it; `gate` is
+    that version's gate row (an expert's; empty for ``shared``), which the matcher passes on
+    to the devices in `RoundClosed.gates`."""
 
     TYPE: ClassVar[str] = "part-closed"
 
@@ -497,6 +507,7 @@ class PartClosed(Message):
     version: int
     applied: int
     reason: str  # "quorum" or "deadline"
+    gate: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def _validate_body(self) -> None:
         n = "PartClosed"
@@ -504,23 +515,35 @@ class PartClosed(Message):
         _check(_is_int(self.version) and self.version >= 0, n, "version")
         _check(_is_int(self.applied) and self.applied >= 0, n, "applied")
         _check(self.reason in {"quorum", "deadline"}, n, f"reason {self.reason!r}")
+        _check_gate_row(n, self.gate)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoundClosed(Message):
-    """The matcher closed a round (every expected part closed, or the deadline passed)."""
+    """The matcher closed a round (every expected part closed, or the deadline passed).
+
+    `gates` carries every expert's gate row at its version in `model_versions`: the devices
+    route their data with all of them, and one message a round instead of one per expert is
+    what a fleet of thousands can afford (`docs/performance.md`).
+    """
 
     TYPE: ClassVar[str] = "round-closed"
 
     reason: str
     parts_closed: int
     model_versions: Mapping[str, int] = field(default_factory=dict)  # every part after the round
+    gates: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
     def _validate_body(self) -> None:
         n = "RoundClosed"
         _check(_text(self.reason, MAX_REASON_CHARS), n, "reason too long")
         _check(_is_int(self.parts_closed) and self.parts_closed >= 0, n, "parts_closed >= 0")
         _check_versions(n, self.model_versions)
+        _check(len(self.gates) <= MAX_PARTS, n, "gates too long")
+        for part, row in self.gates.items():
+            _check(part in self.model_versions, n, f"gates[{part!r}] has no version")
+            _check(bool(row), n, f"gates[{part!r}] is empty")
+            _check_gate_row(n, row)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -58,8 +58,8 @@ Round r = 1..R:
 Bytes: down = the PartVersion messages of ``shared`` and the assigned experts each assigned
 device receives (encoded once per part version, as the retained message is), up = each
 device's encoded ModelUpdate (late ones too: they were sent); control = every other message
-that crosses MQTT in the round (status, telemetry, round marker, gate rows, assignments, acks:
-`moe.simulation.traffic`).
+that crosses MQTT in the round (status, telemetry, the round marker with the gate rows,
+assignments, acks: `moe.simulation.traffic`).
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ from moe.training import LocalResult, evaluate, train_local
 from moe.wire import LossReport, loss_report, model_update, reported_data_losses, reported_losses
 from schemas import Message, ModelUpdate, PartVersion
 from schemas.chunks import encode_records
+from schemas.messages import gate_row
 
 OnRound = Callable[[RoundRecord], None]
 Float32Array = NDArray[np.float32]
@@ -127,11 +128,8 @@ class _World:
     profiles: dict[str, ClientProfile] = field(default_factory=dict)
     clock: float = 0.0
     version_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
-    gate_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     # The losses of each device's last training, until its next telemetry reports them.
     unreported: dict[str, LossReport] = field(default_factory=dict)
-    # Expert parts that got a new version in the last round (their gate rows go to devices).
-    changed: list[str] = field(default_factory=list)
     adversary: Adversary | None = None
 
     @property
@@ -145,14 +143,6 @@ class _World:
         if key not in self.version_bytes:
             self.version_bytes[key] = wire_bytes(self._version(pid, round_))
         return self.version_bytes[key]
-
-    def gate_row_bytes(self, pid: str, round_: int) -> int:
-        """Encoded size of the gate-row view of `pid`'s current version (0 for ``shared``)."""
-        key = (pid, self.aggregators[pid].version)
-        if key not in self.gate_bytes:
-            view = self._version(pid, round_).gate_view()
-            self.gate_bytes[key] = 0 if view is None else wire_bytes(view)
-        return self.gate_bytes[key]
 
     def _version(self, pid: str, round_: int) -> PartVersion:
         agg = self.aggregators[pid]
@@ -338,7 +328,7 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     e_count = sc.model.num_experts
     candidates, reports, came_online = _announce(world, r, [int(i) for i in sc.online(r)])
     opened_versions = {pid: agg.version for pid, agg in world.aggregators.items()}
-    gate_rows = [world.gate_row_bytes(pid, r) for pid in world.changed]
+    gates = {pid: row for pid, agg in world.aggregators.items() if (row := gate_row(agg.weights))}
     if candidates:
         problem = build_matching_input(
             candidates,
@@ -376,15 +366,11 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
     for device, update in zip(devices, updates, strict=True):
         if not device.late:
             device.applied = _offer(world, r, update)
-    world.changed = []
     for pid, agg in world.aggregators.items():
-        before = agg.version
         stats = agg.close().stats
         e = expert_index(pid)
         if e is not None and stats.applied > 0:
             world.load = on_part_closed(world.load, e, stats.applied, stats.total_weight)
-        if e is not None and agg.version != before:
-            world.changed.append(pid)
     world.load = on_round_closed(world.load)
     for device in devices:
         dev = device_id(device.index)
@@ -406,7 +392,7 @@ def _round(world: _World, matcher: MatchingStrategy, r: int) -> RoundRecord:
             online=reports,
             assigned=[(device_id(d.index), d.experts, _trained_parts(d.experts)) for d in devices],
             model_versions=opened_versions,
-            gate_row_bytes=gate_rows,
+            gates=gates,
             came_online=came_online,
         )
     )

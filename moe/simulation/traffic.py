@@ -8,9 +8,8 @@ parts but makes every device talk more is not flattered:
 - up, per online device: its Telemetry (histogram, the losses of its last training), after a
   DeviceStatus(online) when it was not online the round before (a device announces a change
   of presence, not every round: the telemetry says it is online);
-- down, per online device: the RoundClosed marker that opens its round, and the gate row of
-  every expert whose version changed in the previous round (devices hold every gate row for
-  their routing histogram);
+- down, per online device: the RoundClosed marker that opens its round, with every expert's
+  gate row (devices route their data with all of them for their routing histogram);
 - down, per assigned device: its Assignment, and one UpdateAck per part of its update (late
   ones too: the gateway acknowledges what reached it, the aggregator judges it late).
 
@@ -21,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from moe.profiles import TelemetryReading
 from moe.wire import LossReport, telemetry_message
@@ -39,15 +40,14 @@ class RoundTraffic:
         came_online: ids of those that were not online the round before (they send a status).
         assigned: (device id, experts, part ids of its update) of each assigned device.
         model_versions: every part's version at the round's open.
-        gate_row_bytes: encoded size of the gate-row message of each expert whose version
-            changed in the previous round (each online device receives them all).
+        gates: every expert part's gate row at that version (the marker carries them).
     """
 
     round: int
     online: Sequence[tuple[TelemetryReading, LossReport]]
     assigned: Sequence[tuple[str, Sequence[int], Sequence[str]]]
     model_versions: Mapping[str, int]
-    gate_row_bytes: Sequence[int]
+    gates: Mapping[str, Mapping[str, np.ndarray]]
     came_online: frozenset[str] = frozenset()
 
 
@@ -64,16 +64,16 @@ def control_bytes(traffic: RoundTraffic) -> int:
                 reason="complete",
                 parts_closed=len(traffic.model_versions),
                 model_versions=dict(traffic.model_versions),
+                gates={part: dict(row) for part, row in traffic.gates.items()},
             )
         )
     )
-    per_online = marker + sum(traffic.gate_row_bytes)
     total = 0
     for reading, losses in traffic.online:
         telemetry = telemetry_message(
             reading, round=r, timestamp=_STAMP, gate_version=r - 1, losses=losses
         )
-        total += per_online + len(encode(telemetry))
+        total += marker + len(encode(telemetry))
         if reading.device_id in traffic.came_online:
             status = DeviceStatus(
                 message_id=f"st-{reading.device_id}-{r}",

@@ -300,6 +300,7 @@ class AggregatorHandler:
                 version=stats.version,
                 applied=stats.applied,
                 reason=reason,
+                tensors=state.aggregator.weights,
                 now=self._clock(),
             ),
         ]

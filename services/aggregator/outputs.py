@@ -15,7 +15,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 from moe.aggregation import Verdict
-from schemas.messages import PartClosed, PartUpdate, PartVersion, UpdateAck
+from schemas.messages import PartClosed, PartUpdate, PartVersion, UpdateAck, gate_row
 from schemas.topics import Topic
 from services.handler import Outbound
 
@@ -73,9 +73,17 @@ def part_version(
 
 
 def part_closed(
-    *, part: str, round_: int, version: int, applied: int, reason: str, now: float
+    *,
+    part: str,
+    round_: int,
+    version: int,
+    applied: int,
+    reason: str,
+    tensors: Mapping[str, NDArray[Any]],
+    now: float,
 ) -> Outbound:
-    """`PartClosed` of `part` in `round_` (reason `quorum` or `deadline`), key "round"."""
+    """`PartClosed` of `part` in `round_` (reason `quorum` or `deadline`), key "round", with
+    the gate row of `tensors` (the part at `version`)."""
     message = PartClosed(
         message_id=f"closed/{part}/r{round_}",
         device_id=SENDER,
@@ -85,5 +93,6 @@ def part_closed(
         version=version,
         applied=applied,
         reason=reason,
+        gate=gate_row(tensors),
     )
     return Outbound(Topic.ROUNDS, "round", message)

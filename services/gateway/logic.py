@@ -28,9 +28,8 @@ goes:
     model        PartVersion  → {root}/model/{part}          QoS 1, retained; one larger than
                                                              a message as its chunks, each
                                                              retained on {root}/model/{part}/{i}
-                              + {root}/gate/{part}           QoS 1, retained: an expert part's
-                                                             gate row alone (`gate_view`)
-    rounds       RoundClosed  → {root}/round                 QoS 1, retained (the latest one)
+    rounds       RoundClosed  → {root}/round                 QoS 1, retained (the latest one;
+                                                             it carries every expert's gate row)
     rounds       anything else (RoundOpened, PartClosed): `Skip`, the services' own business
 """
 
@@ -39,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas import decode, encode
+from schemas import decode
 from schemas.errors import OversizeError, SchemaError
 from schemas.limits import MAX_ID_CHARS, MAX_MESSAGE_BYTES
 from schemas.messages import (
@@ -197,9 +196,9 @@ def route_outbound(
 ) -> list[Publish] | Skip | Reject:
     """Where a record read from `assignments`, `acks`, `model` or `rounds` goes on MQTT.
 
-    A part version goes out whole and, for an expert part, as its gate row too: a device
-    routes its data with every expert's gate row but downloads whole only the experts it was
-    assigned (it subscribes to their `model` topics for the round).
+    A part version goes out whole: a device downloads whole only `shared` and the experts it
+    was assigned (it subscribes to their `model` topics for the round); the gate rows it routes
+    its data with come in the round marker (`RoundClosed.gates`).
     """
     if kafka_topic == table.name(Topic.ROUNDS):
         # The rounds topic also carries RoundOpened / PartClosed: valid, just not for devices.
@@ -209,12 +208,7 @@ def route_outbound(
     if kafka_topic == table.name(Topic.MODEL):
         if not isinstance(message, PartVersion):
             return Reject(f"{type(message).__name__} on model", "WrongMessageType")
-        publishes = [Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)]
-        gate = message.gate_view()
-        if gate is not None:
-            topic = table.mqtt(MqttTopic.GATE, part=message.part)
-            publishes.append(Publish(topic, retain=True, payload=encode(gate)))
-        return publishes
+        return [Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)]
     pattern: MqttTopic
     if kafka_topic == table.name(Topic.ASSIGNMENTS):
         expected: type[Message] = Assignment

@@ -7,11 +7,12 @@
   `profiles`, `ExpertLoad` from `expert-load`. Replayed history and live records go through the
   same `apply`, so a restarted matcher is in the state its inputs say, never a fresh one.
 - `advance(now)` returns what is due: the `RoundClosed` of the open round when a `PartClosed`
-  of it arrived for every part, or when `now > deadline + 2 × grace`; else the next round's
-  `RoundOpened` (to `rounds`) and its markers (the same message to `updates`, one per part id,
-  keyed by the part, each with the part's assigned devices and their weight caps) when the
-  open rule holds (see `_open_reason`); with no history at all the genesis round 0 (no
-  devices, deadline = now).
+  of it arrived for every part, or when `now > deadline + 2 × grace` (with every part's latest
+  version and every expert's gate row at it, as the `PartClosed`s carried them); else the next
+  round's `RoundOpened` (to `rounds`) and its markers (the same message to `updates`, one per
+  part id, keyed by the part, each with the part's assigned devices and their weight caps)
+  when the open rule holds (see `_open_reason`); with no history at all the genesis round 0
+  (no devices, deadline = now).
 - Assignments of round r are held back until `apply` sees the matcher's own `RoundOpened(r)`
   on `rounds`: the record is then in the log, and the runtime confirmed every output of the
   tick or batch that produced it (markers included) before it polled again. So every
@@ -37,6 +38,8 @@ import math
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from moe.load import ExpertLoadState
 from moe.parts import SHARED, expert_part_id
@@ -152,6 +155,7 @@ class RoundClock:
         self._closed_parts: dict[str, int] = {}  # of the open round
         self._applied: dict[str, int] = {}  # updates applied per closed part of the open round
         self._versions: dict[str, int] = {}  # latest known version of every part
+        self._gates: dict[str, tuple[int, Mapping[str, np.ndarray]]] = {}  # (version, row)
         self._profiles: dict[str, ProfileSnapshot] = {}  # the latest per device
         self._announced = Announcements()
         self._load: ExpertLoad | None = None
@@ -203,6 +207,11 @@ class RoundClock:
         return {p: self._versions.get(p, 0) for p in self.config.parts}
 
     @property
+    def gates(self) -> dict[str, Mapping[str, np.ndarray]]:
+        """The gate row of every expert part whose latest version's row is known."""
+        return {p: row for p, (v, row) in self._gates.items() if v == self._versions.get(p, 0)}
+
+    @property
     def held_assignments(self) -> int:
         """Assignments computed and waiting for their RoundOpened to be read back."""
         return len(self._held[1]) if self._held is not None else 0
@@ -246,9 +255,15 @@ class RoundClock:
         if unknown:
             raise InvalidPayload("unknown-part", f"{what} names {unknown[:4]}")
 
-    def _merge_versions(self, versions: Mapping[str, int]) -> None:
+    def _merge_versions(
+        self, versions: Mapping[str, int], gates: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> None:
         for part, version in versions.items():
             self._versions[part] = max(version, self._versions.get(part, 0))
+        for part, row in gates.items():
+            held = self._gates.get(part)
+            if row and (held is None or versions[part] >= held[0]):
+                self._gates[part] = (versions[part], row)
 
     def _on_round_opened(self, message: RoundOpened) -> list[Outbound]:
         self._check_parts(message.expected_parts, "RoundOpened.expected_parts")
@@ -268,14 +283,14 @@ class RoundClock:
 
     def _on_part_closed(self, message: PartClosed) -> None:
         self._check_parts({message.part: message.version}, "PartClosed")
-        self._merge_versions({message.part: message.version})
+        self._merge_versions({message.part: message.version}, {message.part: message.gate})
         if message.round == self.open_round:
             self._closed_parts[message.part] = message.version
             self._applied[message.part] = message.applied
 
     def _on_round_closed(self, message: RoundClosed) -> None:
         self._check_parts(message.model_versions, "RoundClosed.model_versions")
-        self._merge_versions(message.model_versions)
+        self._merge_versions(message.model_versions, message.gates)
         if self._closed is None or message.round > self._closed.round:
             self._closed = message
             self._closed_parts = {}
@@ -485,6 +500,7 @@ class RoundClock:
             reason=reason,
             parts_closed=len(self._closed_parts),
             model_versions=self.versions,
+            gates=self.gates,
         )
         self._closed = closed
         self._closed_parts = {}

@@ -37,6 +37,7 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.messages import gate_row
 from schemas.topics import MqttTopic, Topic, TopicTable
 from services.gateway.logic import route_outbound
 
@@ -62,6 +63,9 @@ class GatewaySide:
         self.table: TopicTable = broker.topic_table()
         self.heard: list[Heard] = []
         self._changed = asyncio.Condition()
+        # Every expert's gate row of the model published last: the matcher's round marker
+        # carries them (`RoundClosed.gates`).
+        self.gates: dict[str, dict[str, np.ndarray]] = {}
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[GatewaySide]:
@@ -96,17 +100,26 @@ class GatewaySide:
                 timestamp=time.time(), part=part, version=version, layout_version=1,
                 tensors=tensors,
             )  # fmt: skip
-            # Where the gateway puts it: the whole part, and an expert's gate row apart.
+            # Where the gateway puts it.
             publishes = route_outbound(self.table, self.table.name(Topic.MODEL), message)
             assert isinstance(publishes, list)
             for out in publishes:
                 payload = encode(message) if out.payload is None else out.payload
                 await self._client.publish(out.topic, payload, qos=1, retain=True, timeout=10)
+            if row := gate_row(tensors):
+                self.gates[part] = row
 
-    async def round_closed(self, round_: int, versions: dict[str, int]) -> None:
+    async def round_closed(
+        self,
+        round_: int,
+        versions: dict[str, int],
+        gates: dict[str, dict[str, np.ndarray]] | None = None,
+    ) -> None:
+        """The round marker, with `gates` (default: those of the model published last)."""
         message = RoundClosed(
             message_id=f"rc-{round_}", device_id="matcher", round=round_, timestamp=time.time(),
             reason="complete", parts_closed=len(versions), model_versions=versions,
+            gates=self.gates if gates is None else gates,
         )  # fmt: skip
         await self.publish(self.table.mqtt(MqttTopic.ROUND), message, retain=True)
 
@@ -196,7 +209,9 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
         )
         # The round is announced before the model: available devices must wait for it.
         versions = dict.fromkeys(part_ids(scenario.model), 0)
-        await side.round_closed(0, versions)
+        initial = scenario.initial_parts()
+        gates = {p: row for p, t in initial.items() if (row := gate_row(t))}
+        await side.round_closed(0, versions, gates)
         await side.wait(
             lambda: all(
                 any(s.round == 1 and s.reason == "unavailable" for s in statuses(side, ids[i]))
@@ -207,7 +222,6 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
             "offline devices say they are unavailable",
         )
         assert not side.of(Telemetry), "telemetry before the model arrived"
-        initial = scenario.initial_parts()
         await side.model(initial, 0)
         await side.wait(
             lambda: {h.message.device_id for h in side.of(Telemetry)} == {ids[i] for i in online},
@@ -238,10 +252,10 @@ async def test_devices_follow_the_round_protocol(broker: BrokerSettings, namespa
         await side.publish(garbage_topic, stray)
         bad_part = PartVersion(
             message_id="pv-bad", device_id="aggregator", round=0, timestamp=time.time(),
-            part="expert-1", version=9, layout_version=1,
+            part=SHARED, version=9, layout_version=1,
             tensors={"fc1.weight": np.zeros((2, 2), dtype=np.float32)},
         )  # fmt: skip
-        await side.publish(table.mqtt(MqttTopic.GATE, part="expert-1"), bad_part)
+        await side.publish(table.mqtt(MqttTopic.MODEL, part=SHARED), bad_part)  # not retained
         await until(
             lambda: sum(agent_a.stats.dropped_inputs.values()) >= 3, 10, "bad inputs counted"
         )

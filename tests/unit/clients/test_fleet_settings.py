@@ -100,7 +100,7 @@ def test_totals_sum_every_device() -> None:
     assert t["events"]["telemetry_sent"] == 3
     assert t["dropped_inputs"]["layout"] == 1
     assert t["assignment_lag_s"] == {"n": 3, "mean": pytest.approx(0.3), "max": 0.4}
-    assert t["bytes_received"] == {"model": 1500, "gate": 0, "control": 20, "dropped": 0}
+    assert t["bytes_received"] == {"model": 1500, "round": 0, "control": 20, "dropped": 0}
     assert a.as_dict()["updates_sent"] == 2
     assert DeviceStats().as_dict()["assignment_lag_s"] == {"n": 0, "mean": 0.0, "max": 0.0}
 

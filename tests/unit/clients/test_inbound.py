@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.inbound import Drop, DropReason, GateRow, InboundFilter
+from clients.inbound import Drop, DropReason, InboundFilter
 from moe.parts import SHARED
 from schemas import DeviceStatus, PartVersion, RoundClosed, encode
 from schemas.limits import MAX_MESSAGE_BYTES
+from schemas.messages import gate_row
 from schemas.topics import TopicTable
 from tests.unit.clients.helpers import ack, assignment, part_version, scenario, versions
 
@@ -20,51 +21,52 @@ FILTER = InboundFilter(TABLE, "dev-00003", SC.model)
 INITIAL = SC.initial_parts()
 
 
-def round_closed(round_: int = 2) -> RoundClosed:
+GATES = {p: gate_row(t) for p, t in INITIAL.items() if p != SHARED}
+
+
+def round_closed(round_: int = 2, gates: dict[str, dict[str, np.ndarray]] = GATES) -> RoundClosed:
     return RoundClosed(
         message_id="rc", device_id="matcher", round=round_, timestamp=1.0, reason="complete",
-        parts_closed=5, model_versions=versions(SC, 1),
+        parts_closed=5, model_versions=versions(SC, 1), gates=gates,
     )  # fmt: skip
 
 
-def test_subscriptions_are_the_round_shared_the_gate_rows_and_its_own_topics() -> None:
+def test_subscriptions_are_the_round_shared_and_its_own_topics() -> None:
     assert FILTER.subscriptions == [
         "fleet/round",
         "fleet/model/shared",
         "fleet/model/shared/+",
-        "fleet/gate/+",
         "fleet/dev-00003/assignment",
         "fleet/dev-00003/ack",
     ]
     assert FILTER.part_topics("expert-2") == ["fleet/model/expert-2", "fleet/model/expert-2/+"]
 
 
-def test_a_gate_row_is_its_parts_gate_tensors_only() -> None:
-    version = part_version("expert-2", 4, INITIAL["expert-2"])
-    gate = version.gate_view()
-    assert gate is not None
-    got = FILTER.classify("fleet/gate/expert-2", encode(gate))
-    assert isinstance(got, GateRow)
-    assert (got.version.part, got.version.version) == ("expert-2", 4)
-    assert set(got.version.tensors) == {"gate.weight", "gate.bias"}
-    np.testing.assert_array_equal(
-        got.version.tensors["gate.weight"], version.tensors["gate.weight"]
-    )
-    # A whole part on the gate topic, a gate row on the part topic, a gate of `shared`: drops.
-    whole = FILTER.classify("fleet/gate/expert-2", encode(version))
-    assert isinstance(whole, Drop)
-    assert whole.reason is DropReason.LAYOUT
-    partial = FILTER.classify("fleet/model/expert-2", encode(gate))
-    assert isinstance(partial, Drop)
-    assert partial.reason is DropReason.LAYOUT
-    shared = part_version(SHARED, 4, INITIAL[SHARED])
-    no_gate = FILTER.classify("fleet/gate/shared", encode(shared))
-    assert isinstance(no_gate, Drop)
-    assert no_gate.reason is DropReason.UNKNOWN_PART
+def test_the_round_marker_carries_every_experts_gate_row() -> None:
+    got = FILTER.classify("fleet/round", encode(round_closed()))
+    assert isinstance(got, RoundClosed)
+    assert set(got.gates) == {f"expert-{e}" for e in range(SC.model.num_experts)}
+    for part, row in got.gates.items():
+        assert set(row) == {"gate.weight", "gate.bias"}
+        np.testing.assert_array_equal(row["gate.weight"], INITIAL[part]["gate.weight"])
+    # A gate row off the gate layout, or of a part that has none: the marker is dropped.
+    wide = {"gate.weight": np.zeros(7, np.float32), "gate.bias": np.zeros(1, np.float32)}
+    bad = FILTER.classify("fleet/round", encode(round_closed(gates=GATES | {"expert-1": wide})))
+    assert isinstance(bad, Drop)
+    assert bad.reason is DropReason.LAYOUT
+    shared_row = {"gate.weight": INITIAL["expert-0"]["gate.weight"]} | {
+        "gate.bias": INITIAL["expert-0"]["gate.bias"]
+    }
+    stray = FILTER.classify("fleet/round", encode(round_closed(gates=GATES | {SHARED: shared_row})))
+    assert isinstance(stray, Drop)
+    assert stray.reason is DropReason.UNKNOWN_PART
+    # One without gate rows (a matcher of schema 1.0) is taken: the device then says why it
+    # cannot announce itself (`Event.GATES_MISSING`).
+    assert FILTER.classify("fleet/round", encode(round_closed(gates={}))) == round_closed(gates={})
 
 
 def test_accepted_messages() -> None:
-    closed = round_closed()
+    closed = round_closed(gates={})  # with arrays it is compared field by field above
     assert FILTER.classify("fleet/round", encode(closed)) == closed
     version = part_version("expert-2", 4, INITIAL["expert-2"])
     got = FILTER.classify("fleet/model/expert-2", encode(version))

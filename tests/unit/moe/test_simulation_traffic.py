@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from moe.profiles import TelemetryReading
 from moe.simulation.traffic import RoundTraffic, control_bytes
 from moe.wire import LossReport
@@ -21,13 +23,18 @@ def _reading(device: str) -> TelemetryReading:
     )
 
 
-def _traffic(came_online: frozenset[str]) -> RoundTraffic:
+ROW = {"gate.weight": np.zeros(64, np.float32), "gate.bias": np.zeros(1, np.float32)}
+
+
+def _traffic(
+    came_online: frozenset[str], gates: dict[str, dict[str, np.ndarray]] | None = None
+) -> RoundTraffic:
     return RoundTraffic(
         round=4,
         online=[(_reading("dev-00001"), LossReport()), (_reading("dev-00002"), LossReport())],
         assigned=[("dev-00001", [0], ["shared", "expert-0"])],
         model_versions={"shared": 3, "expert-0": 3, "expert-1": 2},
-        gate_row_bytes=[300, 300],
+        gates={"expert-0": ROW, "expert-1": ROW} if gates is None else gates,
         came_online=came_online,
     )
 
@@ -49,3 +56,10 @@ def test_a_device_sends_a_status_only_when_it_comes_online() -> None:
 def test_a_status_is_counted_only_for_a_device_that_announced_itself() -> None:
     # An id in came_online without a telemetry of the round sent nothing this round.
     assert control_bytes(_traffic(frozenset({"dev-00099"}))) == control_bytes(_traffic(frozenset()))
+
+
+def test_every_online_device_hears_every_experts_gate_row_in_its_round_marker() -> None:
+    bare = control_bytes(_traffic(frozenset(), gates={}))
+    full = control_bytes(_traffic(frozenset()))
+    # Two online devices, each marker with two rows of 65 float32.
+    assert full - bare >= 2 * 2 * 65 * 4

@@ -62,6 +62,12 @@ ENV: dict[str, Any] = {
 }
 
 
+def gate_row(value: float = 0.25) -> dict[str, np.ndarray]:
+    """An expert's gate row: a weight row over the hidden width and a bias."""
+    weight = np.full(8, value, dtype=np.float32)
+    return {"gate.weight": weight, "gate.bias": np.array([-value], dtype=np.float32)}
+
+
 def part(name: str = "expert-3") -> schemas.PartPayload:
     """A small valid part payload."""
     return schemas.PartPayload(
@@ -142,7 +148,17 @@ def samples() -> list[schemas.Message]:
             model_versions={"shared": 1},
         ),
         schemas.PartClosed(**ENV, part="expert-0", version=2, applied=3, reason="quorum"),
+        schemas.PartClosed(
+            **ENV, part="expert-1", version=2, applied=3, reason="quorum", gate=gate_row()
+        ),
         schemas.RoundClosed(**ENV, reason="deadline", parts_closed=4),
+        schemas.RoundClosed(
+            **ENV,
+            reason="complete",
+            parts_closed=3,
+            model_versions={"shared": 2, "expert-0": 1, "expert-1": 2},
+            gates={"expert-0": gate_row(), "expert-1": gate_row(0.5)},
+        ),
         schemas.EvalMetrics(**ENV, accuracy=0.8, loss=0.6, model_versions={"shared": 2}),
         schemas.MessageChunk(
             **{**ENV, "message_id": "up-1/expert-0#1"},

@@ -61,6 +61,36 @@ def tensor_maps(*, finite_only: bool) -> st.SearchStrategy[dict[str, np.ndarray]
     return st.dictionaries(names, arrays(finite_only=finite_only), min_size=1, max_size=4)
 
 
+gate_rows = st.builds(
+    lambda w, b: {"gate.weight": w, "gate.bias": b},
+    hnp.arrays(
+        np.float32,
+        st.integers(0, 8),
+        elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    ),
+    hnp.arrays(np.float32, 1, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)),
+)
+"""An expert's gate row (`schemas.messages.GATE_TENSORS`, finite)."""
+
+
+def _round_closed() -> st.SearchStrategy[schemas.Message]:
+    """A RoundClosed whose gate rows are of parts it gives a version of."""
+
+    def of(model_versions: dict[str, int]) -> st.SearchStrategy[schemas.Message]:
+        gates = st.dictionaries(
+            st.sampled_from(sorted(model_versions) or ["x"]), gate_rows, max_size=3
+        )
+        return _message(
+            schemas.RoundClosed,
+            reason=texts,
+            parts_closed=uints,
+            model_versions=st.just(model_versions),
+            gates=gates if model_versions else st.just({}),
+        )
+
+    return versions.flatmap(of)
+
+
 payloads = st.builds(
     schemas.PartPayload,
     part=part_ids,
@@ -225,10 +255,9 @@ STRATEGIES: dict[type[schemas.Message], st.SearchStrategy[schemas.Message]] = {
         version=uints,
         applied=uints,
         reason=st.sampled_from(["quorum", "deadline"]),
+        gate=st.one_of(st.just({}), gate_rows),
     ),
-    schemas.RoundClosed: _message(
-        schemas.RoundClosed, reason=texts, parts_closed=uints, model_versions=versions
-    ),
+    schemas.RoundClosed: _round_closed(),
     schemas.EvalMetrics: _message(
         schemas.EvalMetrics, accuracy=unit, loss=finite, model_versions=versions
     ),

@@ -502,7 +502,7 @@ def test_malformed_version(version: object) -> None:
 
 def test_newer_minor_ignores_unknown_keys() -> None:
     env = _update()
-    env["v"] = [1, 1]
+    env["v"] = [schemas.SCHEMA_VERSION[0], schemas.SCHEMA_VERSION[1] + 1]
     env["trace"] = {"span": "abc"}
     env["body"]["compression"] = "none"
     env["body"]["parts"][0]["checksum"] = b"\x00"

@@ -122,6 +122,36 @@ def test_constructors_refuse_ints_msgpack_cannot_carry() -> None:
         )
 
 
+def _row(**tensors: np.ndarray) -> dict[str, np.ndarray]:
+    return {"gate.weight": np.zeros(4, np.float32), "gate.bias": np.zeros(1, np.float32)} | tensors
+
+
+@pytest.mark.parametrize(
+    ("gates", "match"),
+    [
+        ({"expert-9": _row()}, "has no version"),
+        ({"expert-0": {}}, "is empty"),
+        ({"expert-0": {"gate.weight": np.zeros(4, np.float32)}}, "gate row tensors"),
+        ({"expert-0": _row(extra=np.zeros(1, np.float32))}, "gate row tensors"),
+        ({"expert-0": _row(**{"gate.bias": np.array([np.nan], np.float32)})}, "non-finite"),
+    ],
+)
+def test_a_round_marker_carries_only_whole_finite_gate_rows_of_versioned_parts(
+    gates: dict[str, dict[str, np.ndarray]], match: str
+) -> None:
+    with pytest.raises(schemas.InvalidFieldError, match=match):
+        schemas.RoundClosed(
+            **ENV, reason="", parts_closed=1, model_versions={"expert-0": 1}, gates=gates
+        )
+
+
+def test_a_part_closed_carries_no_gate_row_or_a_whole_one() -> None:
+    with pytest.raises(schemas.InvalidFieldError, match="gate row tensors"):
+        schemas.PartClosed(
+            **ENV, part="expert-0", version=1, applied=0, reason="quorum", gate=_row(x=np.ones(1))
+        )
+
+
 def test_dead_letter_original_is_capped() -> None:
     with pytest.raises(schemas.InvalidFieldError, match="capped"):
         schemas.DeadLetter(

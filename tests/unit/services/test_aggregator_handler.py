@@ -37,7 +37,12 @@ pytestmark = pytest.mark.timeout(20)
 LAYOUT: dict[str, PartLayout] = {
     "shared": {"w": TensorSpec((2, 3)), "b": TensorSpec((2,))},
     "expert-0": {"w": TensorSpec((3,))},
-    "expert-1": {"w": TensorSpec((3,))},
+    # An expert with a gate row, as the model's experts have (`schemas.messages.GATE_TENSORS`).
+    "expert-1": {
+        "w": TensorSpec((3,)),
+        "gate.weight": TensorSpec((3,)),
+        "gate.bias": TensorSpec((1,)),
+    },
 }
 PARTS = tuple(LAYOUT)
 GRACE = 2.0
@@ -207,6 +212,22 @@ async def test_first_marker_publishes_v0_first_and_genesis_closes_at_once(tmp_pa
     # A part that exists is not created again: the next round publishes no v0.
     again = await handler.handle(record(marker(1, {**expected, "shared": 2}), "shared"))
     assert again == []
+
+
+async def test_part_closed_carries_the_gate_row_of_the_version_it_closed(tmp_path: Path) -> None:
+    handler = make_handler(tmp_path)
+    await open_round(handler, 1, {"shared": 0, "expert-0": 1, "expert-1": 1})
+    out: list[Outbound] = []
+    for part in ("expert-0", "expert-1"):
+        out += await handler.handle(record(update("dev-1", part, trained(part, 3)), part))
+    closed = {m.part: m for m in of(out, PartClosed)}
+    versions = {m.part: m for m in of(out, PartVersion)}
+    assert closed["expert-0"].gate == {}  # a part without a gate row
+    row = closed["expert-1"].gate
+    assert set(row) == {"gate.weight", "gate.bias"}
+    assert closed["expert-1"].version == versions["expert-1"].version == 1
+    for name, array in row.items():
+        np.testing.assert_array_equal(array, versions["expert-1"].tensors[name])
 
 
 async def test_quorum_close_publishes_the_weighted_average(tmp_path: Path) -> None:

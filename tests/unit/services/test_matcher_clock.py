@@ -12,6 +12,7 @@ import pytest
 
 from moe.load import ExpertLoadState, on_assignment, on_round_closed
 from moe.matching import build_matching_input, make_strategy
+from moe.parts import SHARED
 from moe.profiles import fold_telemetry
 from moe.scenario import ScenarioConfig, build_scenario, device_id
 from moe.wire import client_profile, expert_load_message, profile_snapshot
@@ -71,7 +72,13 @@ def load_message(state: ExpertLoadState, round_: int, ts: float = 1.0) -> Expert
     )
 
 
-def part_closed(round_: int, part: str, version: int, applied: int = 0) -> PartClosed:
+def gate(value: float) -> dict[str, np.ndarray]:
+    return {"gate.weight": np.full(4, value, np.float32), "gate.bias": np.zeros(1, np.float32)}
+
+
+def part_closed(
+    round_: int, part: str, version: int, applied: int = 0, row: dict[str, np.ndarray] | None = None
+) -> PartClosed:
     return PartClosed(
         message_id=f"pc-{round_}-{part}",
         device_id="aggregator",
@@ -81,6 +88,7 @@ def part_closed(round_: int, part: str, version: int, applied: int = 0) -> PartC
         version=version,
         applied=applied,
         reason="quorum",
+        gate=row or {},
     )
 
 
@@ -301,6 +309,39 @@ def test_versions_follow_part_closed_into_the_next_round() -> None:
     assert isinstance(opened, RoundOpened)
     assert opened.round == 2
     assert opened.model_versions == versions
+
+
+def test_the_round_marker_carries_each_experts_gate_row_at_its_version() -> None:
+    clock = make_clock(wait_for_load=False, max_wait_s=1.0)
+    clock.advance(100.0)
+    for part in PARTS:  # genesis: every expert's row at version 0
+        clock.apply(part_closed(0, part, 0, row=None if part == SHARED else gate(0.0)), at=0.0)
+    (genesis,) = of_type(clock.advance(100.1), RoundClosed)
+    assert isinstance(genesis.message, RoundClosed)
+    experts = [p for p in PARTS if p != SHARED]
+    assert sorted(genesis.message.gates) == sorted(experts)
+    clock.advance(101.1)  # round 1, nobody
+    # expert-1 moves to v1 with a new row; expert-2 moves to v1 but its row is not known (a
+    # PartClosed of schema 1.0): the marker leaves expert-2 out rather than send a stale row.
+    clock.apply(part_closed(1, "expert-1", 1, row=gate(1.0)), at=0.0)
+    clock.apply(part_closed(1, "expert-2", 1), at=0.0)
+    for part in PARTS:
+        if part not in ("expert-1", "expert-2"):
+            clock.apply(part_closed(1, part, 0), at=0.0)
+    (closed,) = of_type(clock.advance(101.5), RoundClosed)
+    message = closed.message
+    assert isinstance(message, RoundClosed)
+    assert sorted(message.gates) == sorted(set(experts) - {"expert-2"})
+    np.testing.assert_array_equal(
+        message.gates["expert-1"]["gate.weight"], gate(1.0)["gate.weight"]
+    )
+    np.testing.assert_array_equal(
+        message.gates["expert-0"]["gate.weight"], gate(0.0)["gate.weight"]
+    )
+    # A restarted matcher learns the rows from the RoundClosed it reads back.
+    fresh = make_clock(wait_for_load=False, max_wait_s=1.0)
+    fresh.apply(message, at=0.0)
+    assert sorted(fresh.gates) == sorted(message.gates)
 
 
 def test_max_rounds_stops_opening() -> None:
