@@ -1,8 +1,8 @@
 """The model parts a device holds: the latest `PartVersion` of each part it received.
 
-The gateway publishes every part version retained on `{root}/model/{part}` (and an expert's
-gate row on `{root}/gate/{part}`), so a device learns the current version of what it subscribes
-to at once and every new version after; a device keeps the gate rows in a store of their own.
+The gateway publishes every part version retained on `{root}/model/{part}`, so a device learns
+the current version of what it subscribes to at once and every new version after (the gate
+rows come apart, in the round marker).
 A round (RoundClosed) or an assignment names the versions to use; they may arrive after it
 (the gateway forwards `model` and `rounds` independently), so a device asks `readiness` and
 waits until READY, bounded.
