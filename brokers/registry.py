@@ -20,8 +20,9 @@ revocation needs no restart.
 Roles (`ROLES`), with `{root}` the deployment's MQTT root:
 
 - `device`: publishes only `{root}/{self}/telemetry|status|update`, reads only
-  `{root}/{self}/#`, `{root}/model/#` and `{root}/round`;
-- `gateway`: reads every device's uplink, publishes assignments, acks, model and round;
+  `{root}/{self}/#`, `{root}/model/#`, `{root}/gate/#` (the gate rows of schema 1.0) and
+  `{root}/round`;
+- `gateway`: reads every device's uplink, publishes assignments, acks, model, gate and round;
 - `observer`: reads everything under `{root}` and `$SYS`, publishes nothing (`fedmoe record`,
   monitoring);
 - `replayer`: publishes any device's telemetry, status and update, reads the round and the
@@ -131,7 +132,8 @@ def _role_rules(root: str, account: Account) -> list[str]:
     if account.role == "gateway":
         lines += [f"topic read {root}/+/{kind}" for kind in ("telemetry", "status", "update")]
         lines += [f"topic write {root}/+/{kind}" for kind in ("assignment", "ack")]
-        lines += [f"topic write {root}/model/#", f"topic write {root}/round"]
+        lines += [f"topic write {root}/model/#", f"topic write {root}/gate/#"]
+        lines += [f"topic write {root}/round"]
     elif account.role == "observer":
         # Everything of the deployment, and the broker's own counters (monitoring, soak).
         lines += [f"topic read {root}/#", "topic read $SYS/#"]
@@ -160,12 +162,13 @@ def render_acl(root: str, accounts: Iterable[Account]) -> str:
             lines += [*_role_rules(root, account), ""]
     lines += [
         "# Devices: username = device id. Each publishes only its own uplink and reads only",
-        "# its own downlink and the shared, retained model and round.",
+        "# its own downlink and the shared, retained model, gate rows and round.",
         f"pattern write {root}/%u/telemetry",
         f"pattern write {root}/%u/status",
         f"pattern write {root}/%u/update",
         f"pattern read {root}/%u/#",
         f"pattern read {root}/model/#",
+        f"pattern read {root}/gate/#",
         f"pattern read {root}/round",
     ]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
 """`Recorder`: taps a running deployment (MQTT topics, Kafka topics) into a recording.
 
 MQTT: one plain (non-shared) subscription per recorded topic kind, `{root}/+/<kind>` for device
-topics and `{root}/round`, `{root}/model/+`, with QoS 1, a clean session and automatic PUBACK
-(the recorder observes; it is no consumer of record). Kafka: a consumer in a
+topics and `{root}/round`, `{root}/model/+`, `{root}/gate/+`, with QoS 1, a clean session and
+automatic PUBACK (the recorder observes; it is no consumer of record). Kafka: a consumer in a
 group of its own that never commits, from now (or from the beginning). Each message is stamped
 with `time.time_ns()` on arrival and appended to the `RecordingWriter`; a row group is written
 when the buffer is full or every `flush_s`. The recorder stops on `stop()` (SIGINT/SIGTERM in
@@ -40,6 +40,7 @@ _KIND_TOPICS = {
     "ack": MqttTopic.ACK,
     "round": MqttTopic.ROUND,
     "model": MqttTopic.MODEL,
+    "gate": MqttTopic.GATE,
 }
 
 

@@ -9,7 +9,7 @@ from fedmoe.settings import setting
 
 # Device-side MQTT topics recorded by default, and the ones that may be added.
 DEVICE_KINDS = ("telemetry", "status", "update")
-OPTIONAL_KINDS = ("assignment", "ack", "round", "model")
+OPTIONAL_KINDS = ("assignment", "ack", "round", "model", "gate")
 
 
 def split(value: str) -> tuple[str, ...]:
@@ -25,7 +25,7 @@ class RecordSettings:
         "FEDMOE_RECORD_MQTT",
         ",".join(DEVICE_KINDS),
         "MQTT topic kinds to record: telemetry,status,update and optionally "
-        "assignment,ack,round,model (empty = no MQTT)",
+        "assignment,ack,round,model,gate (empty = no MQTT)",
     )
     kafka: str = setting(
         "FEDMOE_RECORD_KAFKA",

@@ -59,12 +59,13 @@ class MqttTopic(StrEnum):
     ASSIGNMENT = "{root}/{device}/assignment"  # gateway → device, QoS 1
     ACK = "{root}/{device}/ack"  # gateway → device, QoS 1
     MODEL = "{root}/model/{part}"  # gateway → devices, QoS 1, retained
+    # gateway → devices of schema 1.0, QoS 1, retained: an expert's gate row (1.1 devices take
+    # every row from the round marker, `RoundClosed.gates`, and do not subscribe).
+    GATE = "{root}/gate/{part}"
     ROUND = "{root}/round"  # gateway → devices, QoS 1, retained: the latest RoundClosed
 
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# "gate" named the gate-row topics of schema 1.0 ({root}/gate/{part}); it stays reserved so that
-# a device's topics never meet a deployment's older retained messages.
 RESERVED_DEVICE_IDS = frozenset({"model", "gate", "+", "#"})
 
 

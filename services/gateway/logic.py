@@ -28,17 +28,21 @@ goes:
     model        PartVersion  → {root}/model/{part}          QoS 1, retained; one larger than
                                                              a message as its chunks, each
                                                              retained on {root}/model/{part}/{i}
+                              + {root}/gate/{part}           QoS 1, retained: an expert part's
+                                                             gate row alone, for devices of
+                                                             schema 1.0 (see `route_outbound`)
     rounds       RoundClosed  → {root}/round                 QoS 1, retained (the latest one;
-                                                             it carries every expert's gate row)
+                                                             since 1.1 with every expert's gate
+                                                             row, which 1.1 devices take)
     rounds       anything else (RoundOpened, PartClosed): `Skip`, the services' own business
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from schemas import decode
+from schemas import decode, encode
 from schemas.errors import OversizeError, SchemaError
 from schemas.limits import MAX_ID_CHARS, MAX_MESSAGE_BYTES
 from schemas.messages import (
@@ -52,6 +56,7 @@ from schemas.messages import (
     RoundClosed,
     Telemetry,
     UpdateAck,
+    gate_row,
     split_update,
     valid_part_id,
 )
@@ -197,8 +202,10 @@ def route_outbound(
     """Where a record read from `assignments`, `acks`, `model` or `rounds` goes on MQTT.
 
     A part version goes out whole: a device downloads whole only `shared` and the experts it
-    was assigned (it subscribes to their `model` topics for the round); the gate rows it routes
-    its data with come in the round marker (`RoundClosed.gates`).
+    was assigned (it subscribes to their `model` topics for the round). The gate rows it routes
+    its data with come in the round marker (`RoundClosed.gates`, schema 1.1); an expert's row
+    also goes out alone on `{root}/gate/{part}` for devices of schema 1.0, which read them
+    there, so a fleet can move to 1.1 device by device (a 1.1 device does not subscribe to it).
     """
     if kafka_topic == table.name(Topic.ROUNDS):
         # The rounds topic also carries RoundOpened / PartClosed: valid, just not for devices.
@@ -208,7 +215,13 @@ def route_outbound(
     if kafka_topic == table.name(Topic.MODEL):
         if not isinstance(message, PartVersion):
             return Reject(f"{type(message).__name__} on model", "WrongMessageType")
-        return [Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)]
+        publishes = [Publish(table.mqtt(MqttTopic.MODEL, part=message.part), retain=True)]
+        row = gate_row(message.tensors)
+        if row:
+            topic = table.mqtt(MqttTopic.GATE, part=message.part)
+            legacy = replace(message, tensors=row)
+            publishes.append(Publish(topic, retain=True, payload=encode(legacy)))
+        return publishes
     pattern: MqttTopic
     if kafka_topic == table.name(Topic.ASSIGNMENTS):
         expected: type[Message] = Assignment

@@ -163,7 +163,7 @@ async def test_a_device_can_touch_only_its_own_topics(secure: SecureMqtt) -> Non
     ):
         await gateway.subscribe(f"$share/gateway/{root}/+/update")
         await observer.subscribe(f"{root}/#")
-        for f in (f"{root}/dev-b/#", f"{root}/model/#", f"{root}/round"):
+        for f in (f"{root}/dev-b/#", f"{root}/model/#", f"{root}/gate/#", f"{root}/round"):
             await victim.subscribe(f)
         # Broader filters are granted by Mosquitto 2.0 but deliver only what the ACL lets
         # this account read (checked per message).
@@ -176,7 +176,7 @@ async def test_a_device_can_touch_only_its_own_topics(secure: SecureMqtt) -> Non
             (f"{root}/dev-b/update", False),  # another device's update
             (f"{root}/dev-b/telemetry", False),
             (f"{root}/model/{SHARED}", True),  # the retained model every device trusts
-            (f"{root}/gate/expert-0", True),  # schema 1.0's gate rows: nobody's topic now
+            (f"{root}/gate/expert-0", True),
             (f"{root}/round", True),
             (f"{root}/dev-b/assignment", False),  # only the gateway assigns
             (f"{root}/dev-b/ack", False),
@@ -208,6 +208,7 @@ async def test_a_device_can_touch_only_its_own_topics(secure: SecureMqtt) -> Non
     async with Client(s, "dev-c", secrets["dev-c"]) as late:
         await late.subscribe(f"{root}/round")
         await late.subscribe(f"{root}/model/#")
+        await late.subscribe(f"{root}/gate/#")
         await late.wait_for(f"{root}/round", b"legit-round")
         await late.wait_for(f"{root}/model/{SHARED}", b"legit-model")
     assert {(t, p) for t, p, _ in late.received} == {

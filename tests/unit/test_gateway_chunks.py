@@ -21,6 +21,7 @@ from schemas import (
 )
 from schemas.chunks import Reassembler, encode_records, split
 from schemas.limits import CHUNK_BYTES, MAX_ASSEMBLED_BYTES, MAX_MESSAGE_BYTES
+from schemas.messages import gate_row
 from schemas.topics import Topic
 from services.gateway.app import EgressHandler, _mqtt_payloads
 from services.gateway.logic import Forward, InboundKind, Reject, route_inbound
@@ -244,7 +245,7 @@ class FakePublisher:
         self.published.append((topic, payload, qos, retain))
 
 
-async def test_egress_publishes_a_large_version_as_retained_chunks() -> None:
+async def test_egress_publishes_a_large_version_as_retained_chunks_and_its_gate_row_whole() -> None:
     publisher, metrics = FakePublisher(), ServiceMetrics("gateway")
     handler = EgressHandler(TABLE, publisher, metrics)
     message = version(MAX_MESSAGE_BYTES + 4096)
@@ -254,10 +255,13 @@ async def test_egress_publishes_a_large_version_as_retained_chunks() -> None:
         raw=raw,
     )  # fmt: skip
     assert await handler.handle(record) == []
-    chunks = publisher.published
+    *chunks, gate = publisher.published
     assert len(chunks) >= 3
     assert [(t, q, r) for t, _, q, r in chunks] == [
         (f"fleet/model/expert-1/{i}", 1, True) for i in range(len(chunks))
     ]
     assert b"".join(decode(p).data for _, p, _, _ in chunks) == raw  # type: ignore[attr-defined]
-    assert metrics.get(Outcome.PUBLISHED) == len(chunks)
+    assert gate[0] == "fleet/gate/expert-1"
+    assert gate[3] is True
+    assert gate[1] == encode(dataclasses.replace(message, tensors=gate_row(message.tensors)))
+    assert metrics.get(Outcome.PUBLISHED) == len(chunks) + 1

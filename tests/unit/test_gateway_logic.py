@@ -200,6 +200,7 @@ def test_route_outbound() -> None:
     assert route_outbound(TABLE, name(Topic.ACKS), ack) == [
         Publish("fleet/dev-9/ack", retain=False)
     ]
+    # A part without a gate row (here: none of the gate tensors) goes out whole only.
     assert route_outbound(TABLE, name(Topic.MODEL), version) == [
         Publish("fleet/model/expert-3", retain=True)
     ]
@@ -218,7 +219,7 @@ def test_route_outbound() -> None:
     assert bad.error == "BadDeviceId"
 
 
-def test_an_expert_part_goes_out_whole_only_its_gate_row_rides_the_round() -> None:
+def test_an_expert_part_goes_out_whole_and_as_its_gate_row_for_devices_of_schema_1_0() -> None:
     tensors = {
         "fc1.weight": np.ones((64, 3), dtype=np.float32),
         "gate.weight": np.full(3, 0.5, dtype=np.float32),
@@ -228,11 +229,16 @@ def test_an_expert_part_goes_out_whole_only_its_gate_row_rides_the_round() -> No
         message_id="v", device_id="aggregator", round=1, timestamp=1.0, part="expert-3",
         version=7, layout_version=1, tensors=tensors, contributors=2, samples=9.0,
     )  # fmt: skip
-    # One retained message per part: the gate rows go to devices in `RoundClosed.gates`, one
-    # message a round for every expert, not one per expert on a topic of its own.
-    assert route_outbound(TABLE, TABLE.name(Topic.MODEL), version) == [
-        Publish("fleet/model/expert-3", retain=True)
-    ]
+    whole, gate = route_outbound(TABLE, TABLE.name(Topic.MODEL), version)  # type: ignore[misc]
+    assert whole == Publish("fleet/model/expert-3", retain=True)
+    assert (gate.topic, gate.retain) == ("fleet/gate/expert-3", True)
+    assert gate.payload is not None
+    row = decode(gate.payload)
+    assert isinstance(row, PartVersion)
+    assert (row.message_id, row.part, row.version, row.contributors) == ("v", "expert-3", 7, 2)
+    assert set(row.tensors) == {"gate.weight", "gate.bias"}
+    np.testing.assert_array_equal(row.tensors["gate.weight"], tensors["gate.weight"])
+    assert len(gate.payload) < len(encode(version)) / 2
 
 
 def round_closed(round_: int = 3) -> RoundClosed:

@@ -129,6 +129,7 @@ def test_acl_grants_each_role_only_its_topics(tmp_path: Path) -> None:
         "topic write fl/+/assignment",
         "topic write fl/+/ack",
         "topic write fl/model/#",
+        "topic write fl/gate/#",
         "topic write fl/round",
         "topic deny fl/gw/#",
     ]
@@ -148,6 +149,7 @@ def test_acl_grants_each_role_only_its_topics(tmp_path: Path) -> None:
         "pattern write fl/%u/update",
         "pattern read fl/%u/#",
         "pattern read fl/model/#",
+        "pattern read fl/gate/#",
         "pattern read fl/round",
     ]
     # No blanket grant anywhere: deny by default; devices have no user block at all.
