@@ -38,6 +38,11 @@ def parse_stat(text: str, ticks_per_s: float) -> tuple[int, float]:
     return ppid, (utime + stime) / ticks_per_s
 
 
+def process_cpu_s(pid: int, proc: Path = _PROC) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    return parse_stat((proc / str(pid) / "stat").read_text(), float(os.sysconf("SC_CLK_TCK")))[1]
+
+
 def role_of(cmdline: tuple[str, ...]) -> str | None:
     """The role a command line names, or None (decided by its ancestors)."""
     words = [os.path.basename(w) for w in cmdline]

@@ -13,20 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import aiomqtt
 
+from benchmarks.cpu import process_cpu_s
 from brokers.mosquitto import MosquittoBroker
 from brokers.registry import DeviceRegistry
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _connects(
@@ -34,7 +29,7 @@ async def _connects(
 ) -> dict[str, float]:
     assert broker.pid is not None
     names = sorted(secrets) if secrets else [f"anon-{i}" for i in range(n)]
-    cpu0, t0 = _cpu_s(broker.pid), time.perf_counter()
+    cpu0, t0 = process_cpu_s(broker.pid), time.perf_counter()
     for i in range(n):
         name = names[i % len(names)]
         client = aiomqtt.Client(
@@ -49,7 +44,7 @@ async def _connects(
         async with client:
             pass
     wall = time.perf_counter() - t0
-    cpu = _cpu_s(broker.pid) - cpu0
+    cpu = process_cpu_s(broker.pid) - cpu0
     return {
         "connects": n,
         "wall_s": round(wall, 3),

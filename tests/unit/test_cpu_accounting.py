@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu import ProcessCpu, cpu_by_role, parse_stat, role_of, roles_under, snapshot
+from benchmarks.cpu import (
+    ProcessCpu,
+    cpu_by_role,
+    parse_stat,
+    process_cpu_s,
+    role_of,
+    roles_under,
+    snapshot,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -74,6 +82,8 @@ def test_a_busy_child_is_counted_under_its_role() -> None:
             assert child.stdout is not None
             assert child.stdout.readline() == "done\n"
             spent = cpu_by_role(before, snapshot(), os.getpid())
+            alone = process_cpu_s(child.pid)
         finally:
             child.kill()
     assert spent.get("busy", 0.0) >= 0.25
+    assert alone >= 0.25
