@@ -6,9 +6,10 @@
   `rounds` (the matcher's own included: it reads its output back), `ProfileSnapshot` from
   `profiles`, `ExpertLoad` from `expert-load`. Replayed history and live records go through the
   same `apply`, so a restarted matcher is in the state its inputs say, never a fresh one.
-- `advance(now)` returns what is due: the `RoundClosed` of the open round when a `PartClosed`
-  of it arrived for every part, or when `now > deadline + 2 × grace` (with every part's latest
-  version and every expert's gate row at it, as the `PartClosed`s carried them); else the next
+- `advance(now)` returns what is due: the `RoundClosed` of the open round (every part's latest
+  version and every expert's gate row at it, as the `PartClosed`s carried them) when a
+  `PartClosed` of it arrived for every part, or when `now > deadline + 2 × grace` (plus
+  `max_wait_s` while some part has never closed: the genesis round of a large model); else the next
   round's `RoundOpened` (to `rounds`) and its markers (the same message to `updates`, one per
   part id, keyed by the part, each with the part's assigned devices and their weight caps)
   when the open rule holds (see `_open_reason`); with no history at all the genesis round 0
@@ -361,7 +362,13 @@ class RoundClock:
         if opened is not None and open_round is not None:
             if all(p in self._closed_parts for p in self.config.parts):
                 return self._close(opened, "parts-closed", now)
-            if now > opened.deadline + 2.0 * self.config.grace_s:
+            late = opened.deadline + 2.0 * self.config.grace_s
+            if any(p not in self._versions for p in self.config.parts):
+                # A part no aggregator has closed yet (one still creating its parts: the genesis
+                # round of a large model) has no gate row for the round marker, and devices
+                # cannot announce the next round without every row: it gets `max_wait_s` more.
+                late += self.config.max_wait_s
+            if now > late:
                 return self._close(opened, "deadline", now)
             return []
         if self._opened is None and self._closed is None:

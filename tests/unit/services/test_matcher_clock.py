@@ -153,11 +153,26 @@ def test_round_closes_once_every_part_closed_and_only_once() -> None:
 
 
 def test_deadline_plus_two_graces_closes_the_round_with_what_closed() -> None:
-    clock = make_clock()
+    clock = make_clock(wait_for_load=False, max_wait_s=30.0)
+    closed_at = run_genesis(clock)
+    clock.advance(closed_at + 30.0)  # round 1 (max wait), deadline = opening + DEADLINE_WALL
+    deadline = closed_at + 30.0 + DEADLINE_WALL
+    clock.apply(part_closed(1, "shared", 0), at=deadline)
+    assert clock.advance(deadline + 2 * GRACE) == []
+    (closed,) = clock.advance(deadline + 2 * GRACE + 0.01)
+    msg = closed.message
+    assert isinstance(msg, RoundClosed)
+    assert (msg.round, msg.reason, msg.parts_closed) == (1, "deadline", 1)
+
+
+def test_a_part_never_closed_gets_max_wait_more_before_the_deadline_close() -> None:
+    # Genesis: an aggregator still creating its parts has not closed them, and without their
+    # gate rows the marker would leave devices unable to announce round 1.
+    clock = make_clock(max_wait_s=30.0)
     clock.advance(100.0)  # genesis: deadline = 100
     clock.apply(part_closed(0, "shared", 0), at=100.0)
-    assert clock.advance(100.0 + 2 * GRACE) == []
-    (closed,) = clock.advance(100.0 + 2 * GRACE + 0.01)
+    assert clock.advance(100.0 + 2 * GRACE + 29.9) == []
+    (closed,) = clock.advance(100.0 + 2 * GRACE + 30.01)
     msg = closed.message
     assert isinstance(msg, RoundClosed)
     assert (msg.round, msg.reason, msg.parts_closed) == (0, "deadline", 1)
