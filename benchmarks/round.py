@@ -36,7 +36,10 @@ real (torch) on the same cores: the figures include that contention.
 One JSON line per (devices, figure): `{"benchmark": "round", "figure", "unit", "value",
 "ceiling": null, "ratio": null, "goal", ...params}`: `overhead_median_s`, `overhead_p90_s`,
 `close_lag_median_s`, `open_gap_median_s`, `announce_median_s`, `profile_median_s`,
-`decide_median_s`, with `rounds` measured, `deadline_rounds` and `empty_rounds`.
+`decide_median_s`, with `rounds` measured, `deadline_rounds` and `empty_rounds`; and how
+many devices a measured round had (unit `devices`, medians): `reporting_devices_median`
+(announced it), `reported_before_open_devices_median` (their telemetry on Kafka before it
+opened: what the matcher could take), `assigned_devices_median`, `applied_devices_median`.
 
 Beside them, what each process spent in CPU over the rounds after the warmup (`benchmarks.cpu`,
 from /proc), per round: one `cpu_s_per_round` line per `role` (each service, `mosquitto`,
@@ -96,10 +99,10 @@ class RoundLog:
     closed: dict[int, RoundClosed] = field(default_factory=dict)
     experts: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     applied: dict[int, set[str]] = field(default_factory=dict)
-    # Kafka record times (s): the last telemetry of each announced round, each device's first
-    # profile that folded it (later ones carry the round's outcome), the first ExpertLoad
-    # after each close.
-    telemetry: dict[int, float] = field(default_factory=dict)
+    # Kafka record times (s): each device's telemetry of each announced round, each device's
+    # first profile that folded it (later ones carry the round's outcome), the first
+    # ExpertLoad after each close.
+    reported: dict[int, dict[str, float]] = field(default_factory=dict)
     profiles: dict[int, dict[str, float]] = field(default_factory=dict)
     loads: dict[int, float] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,7 +119,7 @@ class RoundLog:
             self.applied.setdefault(m.round, set()).add(m.device_id)
         at = record.timestamp_ms / 1000
         if isinstance(m, Telemetry):
-            self.telemetry[m.round] = max(self.telemetry.get(m.round, 0.0), at)
+            self.reported.setdefault(m.round, {}).setdefault(m.device_id, at)
         elif isinstance(m, ProfileSnapshot) and m.telemetry_round >= 0:
             self.profiles.setdefault(m.telemetry_round, {}).setdefault(m.device_id, at)
         elif isinstance(m, ExpertLoad):
@@ -153,6 +156,14 @@ def round_figures(
     close_lag: list[float] = []
     open_gap: list[float] = []
     steps: dict[str, list[float]] = {"announce": [], "profile": [], "decide": []}
+    # Per round: devices that announced it, those of them on Kafka before it opened (what the
+    # matcher could take), assigned, with an update applied.
+    counts: dict[str, list[float]] = {
+        "reporting": [],
+        "reported_before_open": [],
+        "assigned": [],
+        "applied": [],
+    }
     deadline_rounds = 0
     empty_rounds = 0
     for r in sorted(log.opened):
@@ -173,14 +184,19 @@ def round_figures(
             default=0.0,
         )
         opened, closed, following = log.opened[r], log.closed[r].timestamp, log.opened[r + 1]
+        reports = log.reported.get(r, {})
+        counts["reporting"].append(len(reports))
+        counts["reported_before_open"].append(sum(1 for t in reports.values() if t <= opened))
+        counts["assigned"].append(len(assigned))
+        counts["applied"].append(len(applied))
         overhead.append(following - opened - own)
         close_lag.append(closed - opened - own)
         open_gap.append(following - closed)
-        told, first = log.telemetry.get(r + 1), log.profiles.get(r + 1)
-        if told is not None and first:
-            folded = max(first.values())
-            steps["announce"].append(told - closed)
-            steps["profile"].append(folded - told)
+        told, first = log.reported.get(r + 1), log.profiles.get(r + 1)
+        if told and first:
+            told_at, folded = max(told.values()), max(first.values())
+            steps["announce"].append(told_at - closed)
+            steps["profile"].append(folded - told_at)
             steps["decide"].append(following - max(folded, log.loads.get(r, 0.0)))
     return {
         "rounds": len(overhead),
@@ -191,6 +207,7 @@ def round_figures(
         "close_lag_median_s": _median(close_lag),
         "open_gap_median_s": _median(open_gap),
         **{f"{step}_median_s": _median(values) for step, values in steps.items()},
+        **{f"{what}_devices_median": _median(values) for what, values in counts.items()},
     }
 
 
@@ -283,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = {
                 "benchmark": "round",
                 "figure": figure,
-                "unit": "s",
+                "unit": "devices" if figure.endswith("devices_median") else "s",
                 "value": value,
                 "ceiling": None,
                 "ratio": None,

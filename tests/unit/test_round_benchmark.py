@@ -32,6 +32,9 @@ def test_overhead_is_the_period_minus_the_slowest_applied_device() -> None:
     for r in (1, 2, 3):
         log.experts[r] = {device_id(0): (0, 1), device_id(1): (2,), device_id(2): (3,)}
         log.applied[r] = {device_id(0), device_id(1)}  # device 2's update never applied
+        # Four devices announce each round; device 3's telemetry lands after the opening.
+        log.reported[r] = {device_id(i): opened[r] - 1.0 for i in range(3)}
+        log.reported[r][device_id(3)] = opened[r] + 0.5
     figures = round_figures(log, world, ids, warmup=0)
     own = {r: max(world.round_wall_s(0, (0, 1), r), world.round_wall_s(1, (2,), r)) for r in (1, 2)}
     assert figures["rounds"] == 2
@@ -44,6 +47,9 @@ def test_overhead_is_the_period_minus_the_slowest_applied_device() -> None:
         ((10.0 - own[1]) + (20.0 - own[2])) / 2, abs=1e-4
     )
     assert figures["overhead_p90_s"] == pytest.approx(20.0 - own[2], abs=1e-4)
+    assert figures["reporting_devices_median"] == 4
+    assert figures["reported_before_open_devices_median"] == 3
+    assert (figures["assigned_devices_median"], figures["applied_devices_median"]) == (3, 2)
     assert round_figures(log, world, ids, warmup=2)["rounds"] == 0
 
 
