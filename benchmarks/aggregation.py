@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -40,6 +38,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from benchmarks.cpu import host
 from moe.aggregation.base import AggregationRule, PartAccumulator
 from moe.aggregation.clipping import ClippedFedAvg
 from moe.aggregation.registry import make_rule
@@ -223,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes: Sequence[int] = [int(float(x) * MB) for x in args.sizes_mb.split(",")]
     else:
         sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    machine = {"machine": platform.machine(), "cpus": _cpus()}
+    machine = host()
     torch.set_num_threads(1)  # the fold's torch kernels on one core, as the numpy ceiling
     for nbytes in sizes:
         updates = args.updates if nbytes <= 64 * MB else max(2, args.updates // 4)
@@ -231,10 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in measure(nbytes, updates, args.repeats, rule, args.seed):
                 print(json.dumps({**line, **machine}), flush=True)
     return 0
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

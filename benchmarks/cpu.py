@@ -10,6 +10,7 @@ else `other`.
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,16 @@ def parse_stat(text: str, ticks_per_s: float) -> tuple[int, float]:
     # After the name: state, ppid, ... utime is field 14 of the line, stime 15 (1-based).
     ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
     return ppid, (utime + stime) / ticks_per_s
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity): the core count a figure is quoted with."""
+    return len(os.sched_getaffinity(0))
+
+
+def host() -> dict[str, object]:
+    """The machine a benchmark ran on, for its JSON lines: architecture and usable cores."""
+    return {"machine": platform.machine(), "cpus": usable_cpus()}
 
 
 def process_cpu_s(pid: int, proc: Path = _PROC) -> float:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.cpu import usable_cpus
 from brokers._process import free_port
 from brokers.local import LocalBrokers
 from brokers.settings import LocalBrokerSettings
@@ -237,7 +238,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "acked": acked,
                         "gateways": gateways,
                         "publishers": args.publishers,
-                        "cpus": len(os.sched_getaffinity(0)),
+                        "cpus": usable_cpus(),
                     }
                 )
                 print(json.dumps(lines[-1]), flush=True)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from benchmarks.cpu import process_cpu_s
+from benchmarks.cpu import host, process_cpu_s
 from brokers.tansu import TansuBroker
 
 TOPIC = "kafka-log"
@@ -137,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured per size")
     args = parser.parse_args(argv)
     held = [int(x) for x in args.held.split(",")]
-    machine = {"machine": platform.machine(), "cpus": len(os.sched_getaffinity(0))}
+    machine = host()
     for line in asyncio.run(measure(held, args.followers, args.seconds)):
         print(json.dumps({**line, **machine}), flush=True)
     return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -35,6 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from benchmarks.cpu import usable_cpus
 from moe.matching.base import MatchingInput
 from moe.matching.fitness import effective_capacity, fitness_scores
 from moe.matching.solvers import (
@@ -133,7 +133,7 @@ def run(
             "gap_vs_exact": None if gap is None else round(gap, 7),
             "gap_vs_bound": round((bound - obj) / abs(obj), 7),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "cpus": len(os.sched_getaffinity(0)),
+            "cpus": usable_cpus(),
         }
         records.append(rec)
         print(json.dumps(rec), flush=True)

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import usable_cpus
 from benchmarks.gateway import c_client_ceiling
 from brokers.kafka import KafkaProducer
 from brokers.local import LocalBrokers
@@ -108,7 +109,7 @@ def line(figure: str, unit: str, value: float, ceiling: float | None, **params: 
         "value": round(value, 1) if unit != "ms" else round(value, 3),
         "ceiling": round(ceiling, 1) if ceiling else None,
         "ratio": ratio,
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": usable_cpus(),
         **params,
     }
     print(json.dumps(row), flush=True)

@@ -55,7 +55,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -66,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cpu import ProcessCpu, cpu_by_role, snapshot
+from benchmarks.cpu import ProcessCpu, cpu_by_role, host, snapshot
 from brokers.settings import BrokerSettings
 from clients.world import FleetWorld
 from fedmoe.demo.deployment import deployment
@@ -292,8 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": figures.pop("rounds"),
             "deadline_rounds": figures.pop("deadline_rounds"),
             "empty_rounds": figures.pop("empty_rounds"),
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
+            **host(),
         }
         per_role = [("cpu_s_per_round", v, {"role": r}) for r, v in figures.pop("cpu").items()]
         for figure, value, extra in [*per_role, *((f, v, {}) for f, v in figures.items())]:

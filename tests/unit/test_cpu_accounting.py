@@ -12,6 +12,7 @@ import pytest
 from benchmarks.cpu import (
     ProcessCpu,
     cpu_by_role,
+    host,
     parse_stat,
     process_cpu_s,
     role_of,
@@ -87,3 +88,12 @@ def test_a_busy_child_is_counted_under_its_role() -> None:
             child.kill()
     assert spent.get("busy", 0.0) >= 0.25
     assert alone >= 0.25
+
+
+def test_the_host_line_names_the_architecture_and_the_usable_cores() -> None:
+    line = host()
+    assert isinstance(line["machine"], str)
+    assert line["machine"]
+    cpus = line["cpus"]
+    assert isinstance(cpus, int)
+    assert 1 <= cpus <= (os.cpu_count() or cpus)
