@@ -101,13 +101,14 @@ async def measure(held: Sequence[int], followers: int, seconds: float) -> list[d
                     await _fill(filler, size - holding)
                     sent, cpu = await _followed(tansu.bootstrap, tansu.pid, followers, seconds)
                     holding = size + sent
+                    # figure: (unit, value, whether more is better)
                     figures = {
-                        "broker_cpu_ms_per_record": ("ms", 1000 * cpu / max(sent, 1)),
-                        "records_per_s": ("1/s", sent / seconds),
+                        "broker_cpu_ms_per_record": ("ms", 1000 * cpu / max(sent, 1), False),
+                        "records_per_s": ("1/s", sent / seconds, True),
                     }
-                    for figure, (unit, value) in figures.items():
+                    for figure, (unit, value, more_is_better) in figures.items():
                         base = ceiling.setdefault(figure, value)
-                        ratio = base / value if figure.startswith("broker") else value / base
+                        num, den = (value, base) if more_is_better else (base, value)
                         lines.append(
                             {
                                 "benchmark": "kafka_log",
@@ -115,7 +116,7 @@ async def measure(held: Sequence[int], followers: int, seconds: float) -> list[d
                                 "unit": unit,
                                 "value": round(value, 3),
                                 "ceiling": round(base, 3),
-                                "ratio": round(ratio, 3) if value else None,
+                                "ratio": round(num / den, 3) if den else None,
                                 "held": size,
                                 "followers": followers,
                                 "records": sent,

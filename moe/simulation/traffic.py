@@ -64,7 +64,7 @@ def control_bytes(traffic: RoundTraffic) -> int:
                 reason="complete",
                 parts_closed=len(traffic.model_versions),
                 model_versions=dict(traffic.model_versions),
-                gates={part: dict(row) for part, row in traffic.gates.items()},
+                gates=traffic.gates,
             )
         )
     )
