@@ -1,6 +1,7 @@
 """One simulated device: the round protocol's device side (step 5) over its MQTT link.
 
-    RoundClosed(r)  → available in r+1 (scenario)?  no: DeviceStatus(offline, "unavailable")
+    RoundClosed(r)  → (nothing when it is the `last` round) available in r+1 (scenario)?
+                                                     no: DeviceStatus(offline, "unavailable")
                                                      yes: wait for `shared` at the round's
                       version (every expert's gate row comes in the RoundClosed itself),
                       Telemetry(round r+1) (its routing histogram; the losses of its last
@@ -290,8 +291,8 @@ class DeviceAgent:
         if self._on_round_closed is not None:
             self._on_round_closed(self.device, closed.round)
         stop_after = self._settings.stop_after_round
-        if self._draining or (stop_after and closed.round >= stop_after):
-            return
+        if self._draining or closed.last or (stop_after and closed.round >= stop_after):
+            return  # no round to announce (or no work wanted)
         if self._announce is not None:
             self._announce.cancel()  # a newer round supersedes a wait still under way
         self._announce = self._spawn(self._announce_round(closed), f"announce-r{closed.round + 1}")

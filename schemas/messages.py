@@ -524,7 +524,8 @@ class RoundClosed(Message):
 
     `gates` carries every expert's gate row at its version in `model_versions`: the devices
     route their data with all of them, and one message a round instead of one per expert is
-    what a fleet of thousands can afford (`docs/performance.md`).
+    what a fleet of thousands can afford (`docs/performance.md`). `last`: no round opens after
+    this one (the matcher's `max_rounds`), so devices announce none.
     """
 
     TYPE: ClassVar[str] = "round-closed"
@@ -533,9 +534,11 @@ class RoundClosed(Message):
     parts_closed: int
     model_versions: Mapping[str, int] = field(default_factory=dict)  # every part after the round
     gates: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    last: bool = False
 
     def _validate_body(self) -> None:
         n = "RoundClosed"
+        _check(isinstance(self.last, bool), n, "last must be a bool")
         _check(_text(self.reason, MAX_REASON_CHARS), n, "reason too long")
         _check(_is_int(self.parts_closed) and self.parts_closed >= 0, n, "parts_closed >= 0")
         _check_versions(n, self.model_versions)

@@ -508,6 +508,7 @@ class RoundClock:
             parts_closed=len(self._closed_parts),
             model_versions=self.versions,
             gates=self.gates,
+            last=bool(self.config.max_rounds) and opened.round >= self.config.max_rounds,
         )
         self._closed = closed
         self._closed_parts = {}

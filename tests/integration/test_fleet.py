@@ -114,12 +114,14 @@ class GatewaySide:
         round_: int,
         versions: dict[str, int],
         gates: dict[str, dict[str, np.ndarray]] | None = None,
+        *,
+        last: bool = False,
     ) -> None:
         """The round marker, with `gates` (default: those of the model published last)."""
         message = RoundClosed(
             message_id=f"rc-{round_}", device_id="matcher", round=round_, timestamp=time.time(),
             reason="complete", parts_closed=len(versions), model_versions=versions,
-            gates=self.gates if gates is None else gates,
+            gates=self.gates if gates is None else gates, last=last,
         )  # fmt: skip
         await self.publish(self.table.mqtt(MqttTopic.ROUND), message, retain=True)
 
@@ -430,6 +432,39 @@ async def test_dropped_device_leaves_its_will_and_comes_back_to_its_queue(
     assert stats["drops"] == 1
     assert stats["rounds_trained"] == 1
     assert stats["updates_acked"] == 2
+
+
+@pytest.mark.timeout(60)
+async def test_devices_announce_no_round_after_the_last(
+    broker: BrokerSettings, namespace: str
+) -> None:
+    scenario = build_scenario(SCENARIO.config())
+    fleet = Fleet(broker, fleet_settings(namespace), SCENARIO, scenario=scenario)
+    ids = [device_id(i) for i in range(6)]
+    side = GatewaySide(broker)
+    versions = dict.fromkeys(part_ids(scenario.model), 0)
+    async with side.running(), running(fleet):
+        await side.wait(lambda: all(statuses(side, d) for d in ids), 20, "every device connected")
+        await side.model(scenario.initial_parts(), 0)
+        await side.round_closed(0, versions, last=True)
+        await until(lambda: fleet.last_round == 0, 10, "the last marker heard")
+        # A fence: a round after it is announced, by the available devices with telemetry
+        # and by the others with "unavailable". Each device handles its markers in order, so
+        # an announcement of round 1 would have begun (and counted) before this one.
+        await side.round_closed(1, versions)
+        online = {int(i) for i in scenario.online(2)}
+        await until(
+            lambda: sum(a.stats.events[Event.TELEMETRY_SENT] for a in fleet.agents) == len(online),
+            15,
+            "round 2 announced",
+        )
+        await until(
+            lambda: sum(a.stats.events[Event.UNAVAILABLE] for a in fleet.agents) == 6 - len(online),
+            15,
+            "the others unavailable in round 2",
+        )
+    assert {h.message.round for h in side.of(Telemetry)} == {2}
+    assert not any(s.round == 1 for d in ids for s in statuses(side, d))
 
 
 @pytest.mark.timeout(60)

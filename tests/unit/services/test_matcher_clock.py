@@ -362,9 +362,13 @@ def test_the_round_marker_carries_each_experts_gate_row_at_its_version() -> None
 def test_max_rounds_stops_opening() -> None:
     clock = make_clock(max_rounds=1, wait_for_load=False, max_wait_s=1.0)
     closed_at = run_genesis(clock)
+    assert clock.closed is not None
+    assert clock.closed.last is False  # round 1 follows the genesis
     assert of_type(clock.advance(closed_at + 1.0), RoundOpened)
     close_all(clock, 1)
-    assert of_type(clock.advance(closed_at + 1.1), RoundClosed)
+    (closed,) = of_type(clock.advance(closed_at + 1.1), RoundClosed)
+    assert isinstance(closed.message, RoundClosed)
+    assert closed.message.last is True  # devices announce no round 2
     assert clock.advance(closed_at + 100.0) == []
     assert clock.open_round is None
     assert clock.next_round == 2
